@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
+
+Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
+CPython. For each rate, alternating windows measure the target's own work
+rate with nothing attached, with perfd's Sampler (in this process), and with
+``py-spy record --nonblocking`` (a separate process); slowdown is relative to
+the mean of the baseline windows, whose spread is the noise. Also prints
+perfd's CPU per sample and its maximum sustained rate (flat out, one core).
+
+Usage: python bench/sampler.py [--python 3.12] [--window 2] [--repeats 2] [--rates 100,250,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from perfd.cpython.discovery import locate_interpreter  # noqa: E402
+from perfd.cpython.stacks import StackReader  # noqa: E402
+from perfd.sampling import Sampler  # noqa: E402
+
+PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+
+
+class BenchTarget:
+    """The target process and its WORK lines, read on a thread."""
+
+    def __init__(self, python: str) -> None:
+        self.proc = subprocess.Popen([python, str(ROOT / "tests/targets/reader_bench.py")],
+                                     stdout=subprocess.PIPE, text=True)
+        assert "READY" in self.proc.stdout.readline()
+        self.lines: queue.Queue[tuple[float, int]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            _, t, n = line.split()
+            self.lines.put((float(t), int(n)))
+
+    def work_rate(self, seconds: float) -> float:
+        """Work units per second over the next ``seconds``."""
+        while not self.lines.empty():
+            self.lines.get_nowait()
+        t0, n0 = self.lines.get(timeout=5)
+        deadline = time.monotonic() + seconds
+        t1, n1 = t0, n0
+        while time.monotonic() < deadline:
+            t1, n1 = self.lines.get(timeout=5)
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def with_perfd(target: BenchTarget, rate: float, window: float) -> dict:
+    sampler = Sampler(locate_interpreter(target.proc.pid), rate)
+    sampler.start()
+    time.sleep(0.3)  # warm caches
+    start_total, start_failed = sampler.samples_total, sampler.samples_failed
+    c0 = _thread_cpu(sampler)
+    t0 = time.monotonic()
+    work = target.work_rate(window)
+    elapsed = time.monotonic() - t0
+    c1 = _thread_cpu(sampler)
+    total, failed = sampler.samples_total - start_total, sampler.samples_failed - start_failed
+    sampler.stop()
+    return {"work": work, "achieved": total / elapsed, "cpu": 100 * (c1 - c0) / elapsed,
+            "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1)}
+
+
+def _thread_cpu(sampler: Sampler) -> float:
+    """CPU seconds (user+sys) of the sampler thread, from /proc (works from any thread)."""
+    tid = sampler._thread.native_id  # noqa: SLF001 - the bench measures the thread it started
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_pyspy(target: BenchTarget, rate: float, window: float) -> dict | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not os.path.exists(py_spy):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen([py_spy, "record", "--pid", str(target.proc.pid), "--rate", str(int(rate)),
+                                 "--nonblocking", "--format", "raw", "-o", f"{tmp}/out.txt"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ps = psutil.Process(proc.pid)
+        time.sleep(0.5)
+        c0 = sum(ps.cpu_times()[:2])
+        t0 = time.monotonic()
+        work = target.work_rate(window)
+        elapsed = time.monotonic() - t0
+        c1 = sum(ps.cpu_times()[:2])
+        proc.terminate()
+        proc.wait(timeout=10)
+    return {"work": work, "cpu": 100 * (c1 - c0) / elapsed}
+
+
+def max_rate(target: BenchTarget, seconds: float = 2.0) -> tuple[float, float]:
+    """Flat-out samples per second of CPU and µs of CPU per sample."""
+    reader = StackReader(locate_interpreter(target.proc.pid))
+    for _ in range(20):
+        reader.sample()
+    n = 0
+    c0, t0 = time.thread_time(), time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        reader.sample()
+        n += 1
+    cpu = time.thread_time() - c0
+    reader.close()
+    return n / cpu, 1e6 * cpu / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--python", default="3.12")
+    ap.add_argument("--window", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rates", default="100,250,1000")
+    args = ap.parse_args()
+    python = str(sorted(PYENV.glob(f"versions/{args.python}.*/bin/python{args.python}"))[-1])
+    rates = [float(r) for r in args.rates.split(",")]
+    target = BenchTarget(python)
+    try:
+        frames = sum(len(t.frames) for t in StackReader(locate_interpreter(target.proc.pid)).sample().threads)
+        threads = len(StackReader(locate_interpreter(target.proc.pid)).sample().threads)
+        print(f"target: CPython {args.python}, {threads} threads, {frames} frames; "
+              f"windows of {args.window:g}s x {args.repeats}")
+        flat_hz, flat_us = max_rate(target)
+        print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
+        header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown %':>10} | "
+                  f"{'py-spy CPU %':>12} {'slowdown %':>10} | {'baseline spread %':>17}")
+        print(header)
+        print("-" * len(header))
+        for rate in rates:
+            base, perfd, spy = [], [], []
+            for _ in range(args.repeats):
+                base.append(target.work_rate(args.window))
+                perfd.append(with_perfd(target, rate, args.window))
+                base.append(target.work_rate(args.window))
+                s = with_pyspy(target, rate, args.window)
+                if s:
+                    spy.append(s)
+            b = statistics.mean(base)
+            spread = 100 * (max(base) - min(base)) / b if b else 0.0
+
+            def slow(rows: list[dict]) -> str:
+                return f"{100 * (1 - statistics.mean(r['work'] for r in rows) / b):+.1f}" if rows and b else "n/a"
+
+            pm = {k: statistics.mean(r[k] for r in perfd) for k in ("achieved", "us_per_sample", "cpu", "failed")}
+            spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
+            print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
+                  f"{100 * pm['failed']:>6.2f} {slow(perfd):>10} | {spy_cpu:>12} {slow(spy):>10} | {spread:>17.1f}")
+    finally:
+        target.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

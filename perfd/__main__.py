@@ -1,0 +1,3 @@
+from perfd.cli import main
+
+main()

@@ -1,0 +1,631 @@
+"""Walk every thread's Python stack in a live target, cheaply and defensively.
+
+One sample is normally one multi-part ``process_vm_readv``: the thread states,
+the used part of each thread's datastack chunk (where thread-owned frames
+live), and — speculatively, from the previous sample — the heap frames of
+generators/coroutines, the ``_PyCFrame`` records (3.11/3.12) and the code
+object headers. Whatever the speculation missed is fetched in follow-up
+batches. Code objects are cached by address and re-validated every sample by
+comparing their header bytes (addresses get reused); values are never cached.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass, field, replace
+
+from perfd.cpython.discovery import Interpreter
+from perfd.cpython.layouts import Layout, layout_for
+from perfd.cpython.linetable import line_for_offset
+from perfd.cpython.memory import ProcessMemory
+from perfd.cpython.objects import ObjectReader, Value
+from perfd.cpython.sample import Frame, Sample, ThreadStack
+from perfd.errors import MemoryReadError
+
+MAX_DEPTH = 4096
+ATTEMPTS = 3  # walks per sample before giving up on a thread that keeps changing
+MAX_THREADS = 1024
+_Q = struct.Struct("<Q")
+_q = struct.Struct("<q")
+_FRAME_READ = 80  # through localsplus[0]
+_CHUNK_SLACK = 2048  # read this much past last sample's datastack top (room for new frames)
+_CHUNK_MAX = 1 << 20
+
+
+@dataclass(slots=True)
+class CodeInfo:
+    address: int
+    header: bytes  # bytes [8:prefix) of the code object (refcount excluded) — the cache key
+    name: str
+    qualname: str
+    filename: str
+    firstlineno: int
+    linetable: bytes
+    firsttraceable: int
+    nlocalsplus: int
+    localsplusnames_addr: int
+    localspluskinds_addr: int
+    lines: dict[int, int | None] = field(default_factory=dict)
+    local_names: list[str] | None = None
+    local_kinds: bytes | None = None
+
+    def line(self, byte_offset: int) -> int | None:
+        line = self.lines.get(byte_offset, -1)
+        if line == -1:
+            line = line_for_offset(self.linetable, self.firstlineno, byte_offset)
+            if len(self.lines) < 4096:
+                self.lines[byte_offset] = line
+        return line
+
+
+class TornRead(Exception):
+    """Internal: the target changed under a walk; the sample is retried once."""
+
+
+@dataclass(slots=True)
+class _Walk:
+    tstate: int
+    thread_id: int
+    native_thread_id: int
+    next_frame: int
+    frames: list[tuple[int, bytes, int]] = field(default_factory=list)  # (frame addr, buffer, offset in it)
+    done: bool = False
+    suspect: bool = False
+    ranges: list[tuple[int, int, bytes]] = field(default_factory=list)  # this thread's datastack chunks
+    signature: tuple = ()
+    reused: list[Frame] | None = None
+
+
+class StackReader:
+    """Samples the Python stacks of one interpreter (the main one and subinterpreters)."""
+
+    def __init__(self, interp: Interpreter, mem: ProcessMemory | None = None) -> None:
+        self.interp = interp
+        self.mem = mem or ProcessMemory(interp.pid)
+        self.layout: Layout = layout_for(interp, self.mem)
+        self.objects = ObjectReader(self.mem, self.layout)
+        L = self.layout
+        self._v313 = L.minor >= (3, 13)
+        self._code_prefix = L.code_qualname + 8
+        self._code_read = max(L.code_size, L.code_code_adaptive)
+        self._owner_gen = L.frame_owner_generator
+        self._owner_cstack = L.get("frame.owner_cstack", -1)
+        self._owner_frame_obj = L.frame_owner_frame_object
+        self._entry_flag = L.get("frame.is_entry", -1)
+        self._codes: dict[int, CodeInfo] = {}
+        self._code_type = 0  # address of the code type, learned from the first code object
+        self._interp_addrs: list[int] = []
+        self._tstates: list[int] = []
+        self._cframes: dict[int, int] = {}  # tstate -> last cframe address (3.11/3.12)
+        self._chunks: dict[int, tuple[int, int]] = {}  # tstate -> (chunk start, bytes to read)
+        self._chunk_sizes: dict[int, int] = {}
+        self._heap_frames: list[int] = []  # frames outside datastack chunks seen last sample
+        self._last_codes: list[int] = []
+        # Frame records reused while (frame, code, instruction, owner) and the code stay the same
+        self._frame_cache: dict[tuple[int, int, int, int], Frame] = {}
+        self._frame_cache_next: dict[tuple[int, int, int, int], Frame] = {}
+        self._memo: dict[int, tuple] = {}  # tstate -> (signature, frames, heap frame bytes) of last sample
+        self.torn = 0  # samples that needed a retry
+        self._had_stack: dict[int, bool] = {}  # survives retries, unlike the speculation state
+        self.torn_threads = 0  # threads given up as suspect on the last attempt
+        self.reused_threads = 0  # thread walks skipped because nothing changed
+        self.reads_last = 0  # syscalls used by the last sample
+
+    def close(self) -> None:
+        self.mem.close()
+
+    # -- thread list ------------------------------------------------------
+    def _read_thread_list(self) -> list[int]:
+        L = self.layout
+        interps = []
+        addr = _Q.unpack(self.mem.read(self.interp.runtime_addr + L.runtime_interpreters_head, 8))[0]
+        while addr and len(interps) < 64:
+            interps.append(addr)
+            addr = _Q.unpack(self.mem.read(addr + L.interp_next, 8))[0]
+        tstates: list[int] = []
+        for ia in interps:
+            t = _Q.unpack(self.mem.read(ia + L.interp_threads_head, 8))[0]
+            while t and len(tstates) < MAX_THREADS:
+                if t in tstates:
+                    raise TornRead("thread list loops")
+                tstates.append(t)
+                t = _Q.unpack(self.mem.read(t + L.tstate_next, 8))[0]
+        self._interp_addrs = interps
+        return tstates
+
+    def thread_states(self) -> list[int]:
+        """Addresses of every live PyThreadState (fresh read)."""
+        self._tstates = self._read_thread_list()
+        return list(self._tstates)
+
+    # -- sampling ---------------------------------------------------------
+    def sample(self, *, with_locals: bool = False) -> Sample:
+        """Every thread's stack. Retries once when the target moved under the walk.
+
+        Raises ``MemoryReadError`` (incl. ``NoSuchProcess``) when the target is unreadable.
+        """
+        mono, epoch = time.monotonic_ns(), time.time_ns()
+        retried = False
+        for attempt in range(ATTEMPTS):
+            last = attempt == ATTEMPTS - 1
+            try:
+                threads = self._sample_once(lenient=last)
+                break
+            except TornRead as e:
+                self.torn += 1
+                retried = True
+                self._forget_speculation()
+                if last:
+                    raise MemoryReadError(f"stack changed during {ATTEMPTS} walks: {e}") from None
+        if with_locals:  # copies: frame records are shared between samples
+            for t in threads:
+                t.frames = [replace(f, locals=self.frame_locals(f)) for f in t.frames]
+        return Sample(mono, epoch, threads, retried=retried)
+
+    def _forget_speculation(self) -> None:
+        self._tstates = []
+        self._cframes.clear()
+        self._chunks.clear()
+        self._heap_frames = []
+        self._memo = {}
+
+    def _sample_once(self, relisted: bool = False, lenient: bool = False) -> list[ThreadStack]:
+        L = self.layout
+        mem = self.mem
+        reads0 = mem.reads
+        if not self._tstates:
+            self._tstates = self._read_thread_list()
+        tstates = self._tstates
+        head_parts = [(a + L.interp_threads_head, 8) for a in self._interp_addrs]
+        parts: list[tuple[int, int]] = list(head_parts)
+        parts += [(t, L.tstate_size) for t in tstates]
+        chunk_parts = [(i, a, n) for i, t in enumerate(tstates) for a, n in self._chunks.get(t, ())]
+        parts += [(a, n) for _, a, n in chunk_parts]
+        cframe_parts = [(c, 16) for c in self._cframes.values()] if not self._v313 else []
+        parts += cframe_parts
+        frame_parts = [(f, _FRAME_READ) for f in self._heap_frames]
+        parts += frame_parts
+        code_parts = [(c, self._code_prefix) for c in self._last_codes]
+        parts += code_parts
+        bufs = mem.read_many(parts)
+
+        # 1. thread list still valid? (heads and next pointers from this same read)
+        n_heads = len(head_parts)
+        tbufs = bufs[n_heads:n_heads + len(tstates)]
+        if any(b is None for b in bufs[:n_heads + len(tstates)]):
+            raise TornRead("thread state unreadable")
+        heads = [_Q.unpack(b)[0] for b in bufs[:n_heads]]
+        expected = [_Q.unpack_from(b, L.tstate_next)[0] for b in tbufs]
+        if not self._thread_list_matches(heads, tstates, expected):
+            if relisted:
+                raise TornRead("thread list keeps changing")
+            self._tstates = self._read_thread_list()
+            return self._sample_once(relisted=True, lenient=lenient)
+
+        # 2. regions fetched this round
+        exact: dict[int, bytes] = {}
+        ranges: list[list[tuple[int, int, bytes]]] = [[] for _ in tstates]
+        k = n_heads + len(tstates)
+        for (i, addr, _size), b in zip(chunk_parts, bufs[k:k + len(chunk_parts)]):
+            if b is not None:
+                ranges[i].append((addr, addr + len(b), b))
+        k += len(chunk_parts)
+        cframes: dict[int, bytes] = {}
+        for (addr, _size), b in zip(cframe_parts, bufs[k:k + len(cframe_parts)]):
+            if b is not None:
+                cframes[addr] = b
+        k += len(cframe_parts)
+        for (addr, _size), b in zip(frame_parts, bufs[k:k + len(frame_parts)]):
+            if b is not None:
+                exact[addr] = b
+        k += len(frame_parts)
+        code_heads: dict[int, bytes] = {}
+        for (addr, _size), b in zip(code_parts, bufs[k:k + len(code_parts)]):
+            if b is not None:
+                code_heads[addr] = b
+
+        # 3. current frame of each thread
+        walks: list[_Walk] = []
+        need_cframe: list[tuple[_Walk, int]] = []
+        root_cframe = L.get("tstate.root_cframe", -1)
+        for t, b, rng in zip(tstates, tbufs, ranges):
+            w = _Walk(t, _Q.unpack_from(b, L.tstate_thread_id)[0], _Q.unpack_from(b, L.tstate_native_thread_id)[0], 0)
+            w.ranges = rng
+            walks.append(w)
+            cf = 0 if self._v313 else _Q.unpack_from(b, L.tstate_cframe)[0]
+            cfbuf = cframes.get(cf, b"") if cf else b""
+            # Unchanged bytes (thread state, its chunks, its C frame, its heap frames) = unchanged stack.
+            w.signature = (b, cfbuf, tuple(buf for _lo, _hi, buf in rng))
+            memo = self._memo.get(t)
+            if (memo is not None and memo[0] == w.signature and (cfbuf or not cf)
+                    and all(exact.get(a) == hb for a, hb in memo[2])):
+                w.reused = memo[1]
+                w.done = True
+                self.reused_threads += 1
+                continue  # same bytes: same chunk plan and C frame as last time
+            chunk = _Q.unpack_from(b, L.tstate_datastack_chunk)[0]
+            top = _Q.unpack_from(b, L.tstate_datastack_top)[0]
+            self._chunks[t] = self._chunk_plan(chunk, top, rng)
+            if self._v313:
+                w.next_frame = _Q.unpack_from(b, L.tstate_current_frame)[0]
+            else:
+                self._cframes[t] = cf
+                if cfbuf:
+                    w.next_frame = _Q.unpack_from(cfbuf, L.cframe_current_frame)[0]
+                elif cf:
+                    need_cframe.append((w, cf))
+        if need_cframe:
+            got = mem.read_many([(cf + L.cframe_current_frame, 8) for _, cf in need_cframe])
+            for (w, _cf), b in zip(need_cframe, got):
+                if b is None:
+                    raise TornRead("cframe unreadable")
+                w.next_frame = _Q.unpack(b)[0]
+
+        for w in walks:
+            # 3.11/3.12: a thread outside Python sits on its root C frame; a NULL current
+            # frame on any other C frame is a C frame caught before it was filled in.
+            half_made = w.reused is None and not w.next_frame and root_cframe >= 0 and self._cframes.get(w.tstate) not in (
+                0, w.tstate + root_cframe)
+            if half_made or not w.next_frame and w.reused is None and self._had_stack.get(w.tstate):
+                # had a stack a moment ago, none now: usually a frame record caught mid-update
+                if not lenient:
+                    raise TornRead("current frame vanished")
+                w.suspect = True
+
+        # 4. walk frames, batching whatever is not in hand yet
+        heap_frames: list[int] = [a for w in walks if w.reused is not None for a, _ in self._memo[w.tstate][2]]
+        pending = [w for w in walks if w.next_frame]
+        rounds = 0
+        while pending:
+            missing: dict[int, None] = {}
+            for w in pending:
+                self._advance(w, exact, missing, heap_frames)
+            pending = [w for w in pending if not w.done]
+            if not pending:
+                break
+            rounds += 1
+            if rounds > MAX_DEPTH:
+                raise TornRead("frame chain does not end")
+            addrs = list(missing)
+            got = mem.read_many([(a, _FRAME_READ) for a in addrs])
+            for a, b in zip(addrs, got):
+                if b is None:
+                    raise TornRead(f"frame {a:#x} unreadable")
+                exact[a] = b
+        self._heap_frames = heap_frames[-512:]
+
+        # 5. code objects: validate cached headers, decode new ones
+        code_addrs: dict[int, None] = {}
+        code_at = L.frame_code
+        for w in walks:
+            if w.reused is not None:
+                code_addrs.update(self._memo[w.tstate][3])
+            for _addr, buf, off in w.frames:
+                code_addrs[_Q.unpack_from(buf, off + code_at)[0]] = None
+        missing_codes = [c for c in code_addrs if c not in code_heads]
+        if missing_codes:
+            for c, b in zip(missing_codes, mem.read_many([(c, self._code_prefix) for c in missing_codes])):
+                if b is not None:
+                    code_heads[c] = b
+        self._last_codes = list(code_addrs)
+
+        valid_codes = {c: self._code(c, code_heads.get(c)) for c in code_addrs}
+        self._frame_cache_next = {}
+        out: list[ThreadStack] = []
+        memo: dict[int, tuple] = {}
+        for w in walks:
+            if w.reused is not None:
+                if any(valid_codes.get(c) is None for c in self._memo[w.tstate][3]):
+                    raise TornRead("a code object changed under an unchanged stack")
+                frames = w.reused
+            else:
+                try:
+                    frames = self._frames_of(w, valid_codes, lenient)
+                except TornRead:
+                    if not lenient:
+                        raise
+                    self.torn_threads += 1
+                    out.append(ThreadStack(w.thread_id, w.native_thread_id, w.tstate, [], suspect=True))
+                    continue
+            heap = [(a, buf) for a, buf, off in w.frames if not off and exact.get(a) is buf]
+            if w.reused is None:
+                memo[w.tstate] = (w.signature, frames, heap, dict.fromkeys(f.code_addr for f in frames))
+            else:
+                memo[w.tstate] = self._memo[w.tstate]
+            out.append(ThreadStack(w.thread_id, w.native_thread_id, w.tstate, frames, suspect=w.suspect))
+        self._frame_cache = self._frame_cache_next
+        self._memo = memo
+        self._had_stack = {t.tstate_addr: bool(t.frames) if not t.suspect else self._had_stack.get(t.tstate_addr, True)
+                           for t in out}
+        self.reads_last = mem.reads - reads0
+        return out
+
+    def _chunk_plan(self, chunk: int, top: int, fetched: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
+        """Parts to read next sample for a thread's frames: the used part of the
+        current chunk (+ slack) and the used part of every earlier chunk."""
+        if not chunk or top <= chunk:
+            return []
+        size = self._chunk_size(chunk)
+        if not size:
+            return []
+        plan = [(chunk, min(top - chunk + _CHUNK_SLACK, size, _CHUNK_MAX))]
+        L = self.layout
+        have = {lo: buf for lo, _hi, buf in fetched}
+        head = have.get(chunk)
+        prev = _Q.unpack_from(head, L.chunk_previous)[0] if head is not None else 0
+        while prev and len(plan) < 32:
+            head = have.get(prev)
+            if head is None or len(head) < L.chunk_data:
+                try:
+                    head = self.mem.read(prev, L.chunk_data)
+                except MemoryReadError:
+                    break
+            used = _Q.unpack_from(head, L.chunk_top)[0]  # index in PyObject* units, saved on chunk switch
+            csize = _Q.unpack_from(head, L.chunk_size)[0]
+            nbytes = L.chunk_data + 8 * used
+            if not 0 < nbytes <= csize <= _CHUNK_MAX * 64:
+                break
+            plan.append((prev, nbytes))
+            prev = _Q.unpack_from(head, L.chunk_previous)[0]
+        return plan
+
+    def _chunk_size(self, chunk: int) -> int:
+        """Allocated size of a datastack chunk (read once: chunks never resize)."""
+        size = self._chunk_sizes.get(chunk)
+        if size is None:
+            try:
+                size = _Q.unpack(self.mem.read(chunk + self.layout.chunk_size, 8))[0]
+            except MemoryReadError:
+                return 0
+            if not 0 < size <= 1 << 30:
+                return 0
+            if len(self._chunk_sizes) > 4096:
+                self._chunk_sizes.clear()
+            self._chunk_sizes[chunk] = size
+        return size
+
+    @staticmethod
+    def _thread_list_matches(heads: list[int], tstates: list[int], nexts: list[int]) -> bool:
+        # tstates is the concatenation of each interpreter's list: every list
+        # starts at a head and each entry's next is the following entry or 0.
+        i = 0
+        for h in heads:
+            if not h:
+                continue
+            if i >= len(tstates) or tstates[i] != h:
+                return False
+            while True:
+                nxt = nexts[i]
+                i += 1
+                if not nxt:
+                    break
+                if i >= len(tstates) or tstates[i] != nxt:
+                    return False
+        return i == len(tstates)
+
+    def _advance(self, w: _Walk, exact: dict[int, bytes],
+                 missing: dict[int, None], heap: list[int]) -> None:
+        prev_off = self.layout.frame_previous
+        frames = w.frames
+        ranges = w.ranges
+        addr = w.next_frame
+        while addr:
+            for lo, hi, buf in ranges:
+                if lo <= addr and addr + _FRAME_READ <= hi:
+                    off = addr - lo
+                    break
+            else:
+                buf = exact.get(addr)
+                if buf is None:
+                    missing[addr] = None
+                    w.next_frame = addr
+                    return
+                heap.append(addr)
+                off = 0
+            frames.append((addr, buf, off))
+            if len(frames) > MAX_DEPTH:
+                w.suspect = True
+                break
+            addr = _Q.unpack_from(buf, off + prev_off)[0]
+        w.next_frame = 0
+        w.done = True
+
+    def _frames_of(self, w: _Walk, valid_codes: dict[int, CodeInfo | None], lenient: bool = False) -> list[Frame]:
+        L = self.layout
+        owner_at, code_at, instr_at = L.frame_owner, L.frame_code, L.frame_instr
+        code_base = L.code_code_adaptive
+        owner_gen, owner_cstack, owner_fo = self._owner_gen, self._owner_cstack, self._owner_frame_obj
+        gen_iframe = L.gen_iframe
+        cache = self._frame_cache
+        new_cache = self._frame_cache_next
+        out: list[Frame] = []
+        last_owner = -1
+        unpack = _Q.unpack_from
+        for addr, buf, off in w.frames:
+            owner = buf[off + owner_at]
+            if owner == owner_cstack:
+                continue
+            code_addr = unpack(buf, off + code_at)[0]
+            instr = unpack(buf, off + instr_at)[0]
+            key = (addr, code_addr, instr, owner)
+            frame = cache.get(key)
+            if frame is not None and valid_codes.get(code_addr) is not None:
+                new_cache[key] = frame
+                out.append(frame)
+                last_owner = owner
+                continue
+            if owner == owner_fo or owner > 3:
+                raise TornRead(f"frame {addr:#x} has owner {owner}")
+            code = valid_codes.get(code_addr)
+            if code is None:
+                if self._v313 and owner != owner_gen and self.objects.type_name(code_addr) == "NoneType":
+                    continue  # 3.13 trampoline frames execute None, not a code object
+                raise TornRead(f"frame {addr:#x} does not point at a code object")
+            offset = instr - (code_addr + code_base)
+            if owner != owner_gen and offset < 2 * code.firsttraceable:
+                continue  # not started yet (_PyFrame_IsIncomplete)
+            if offset > 1 << 24:
+                raise TornRead(f"frame {addr:#x} instruction pointer outside its code")
+            gen = addr - gen_iframe if owner == owner_gen else 0
+            frame = Frame(code.name, code.qualname, code.filename, code.line(offset), addr, code_addr, owner, gen)
+            new_cache[key] = frame
+            out.append(frame)
+            last_owner = owner
+        if last_owner == owner_gen and not w.suspect:
+            # a thread's outermost frame is never a coroutine's: a coroutine suspended mid-walk
+            raise TornRead("chain ends on a coroutine frame")
+        if w.frames and not out and not w.suspect:
+            raise TornRead("only entry frames: caught between an entry frame and its first Python frame")
+        if w.frames and not w.suspect:
+            # Every thread's stack starts where C entered the eval loop: an entry frame
+            # (3.12+: owned by the C stack; 3.11: flagged is_entry). Anything else means
+            # a frame's `previous` was read mid-update and the chain is cut short.
+            _addr, buf, off = w.frames[-1]
+            if self._entry_flag >= 0:
+                entry = buf[off + self._entry_flag] != 0
+            else:
+                entry = buf[off + owner_at] == owner_cstack
+            if not entry:
+                raise TornRead("chain does not end at an entry frame")
+        return out
+
+    def _code(self, addr: int, head: bytes | None) -> CodeInfo | None:
+        if head is None:
+            return None
+        info = self._codes.get(addr)
+        if info is not None and info.header == head[8:]:
+            return info
+        return self._load_code(addr, head)
+
+    def _load_code(self, addr: int, head: bytes) -> CodeInfo | None:
+        L = self.layout
+        type_addr = _Q.unpack_from(head, L.object_type)[0]
+        if self._code_type and type_addr != self._code_type:
+            return None
+        if not self._code_type:
+            if self.objects.type_name(type_addr) != "type" and self.objects.type_name(addr) != "code":
+                return None
+            if self.objects.type_name(addr) != "code":
+                return None
+            self._code_type = type_addr
+        try:
+            raw = self.mem.read(addr, self._code_read)
+        except MemoryReadError:
+            return None
+        if raw[:len(head)][8:] != head[8:]:
+            return None  # changed between the two reads
+
+        def s(off: int) -> str:
+            v = self.objects.string(_Q.unpack_from(raw, off)[0])
+            return v if isinstance(v, str) else "<?>"
+
+        table_addr = _Q.unpack_from(raw, L.code_linetable)[0]
+        table = self.objects.decode(table_addr, 0)
+        info = CodeInfo(
+            address=addr,
+            header=head[8:],
+            name=s(L.code_name),
+            qualname=s(L.code_qualname),
+            filename=s(L.code_filename),
+            firstlineno=struct.unpack_from("<i", raw, L.code_firstlineno)[0],
+            linetable=table if isinstance(table, bytes) else b"",
+            firsttraceable=struct.unpack_from("<i", raw, L.code_firsttraceable)[0],
+            nlocalsplus=struct.unpack_from("<i", raw, L.code_nlocalsplus)[0],
+            localsplusnames_addr=_Q.unpack_from(raw, L.code_localsplusnames)[0],
+            localspluskinds_addr=_Q.unpack_from(raw, L.code_localspluskinds)[0],
+        )
+        if len(self._codes) > 65536:
+            self._codes.clear()
+        self._codes[addr] = info
+        return info
+
+    def code_info(self, addr: int) -> CodeInfo | None:
+        """Code object metadata at ``addr`` (validated), or None."""
+        try:
+            head = self.mem.read(addr, self._code_prefix)
+        except MemoryReadError:
+            return None
+        return self._code(addr, head)
+
+    # -- locals -----------------------------------------------------------
+    def frame_locals_at(self, frame: Frame, depth: int = 0) -> dict[str, Value]:
+        """Locals of a frame known only by address (e.g. a suspended coroutine)."""
+        if frame.code_addr not in self._codes:
+            self.code_info(frame.code_addr)
+        return self.frame_locals(frame, depth)
+
+    def frame_locals(self, frame: Frame, depth: int = 0) -> dict[str, Value]:
+        """Decoded locals of a frame (cells dereferenced; unset slots left out).
+
+        Values are read now, not at sample time: locals of a running frame change.
+        """
+        L = self.layout
+        code = self._codes.get(frame.code_addr)
+        if code is None or not 0 <= code.nlocalsplus <= 4096:
+            return {}
+        if code.local_names is None:
+            names = self.objects.sequence(code.localsplusnames_addr)
+            kinds = self.objects.decode(code.localspluskinds_addr, 0)
+            if not isinstance(names, list) or not isinstance(kinds, bytes):
+                return {}
+            code.local_names = [n if isinstance(n, str) else "?" for n in (self.objects.string(a) for a in names)]
+            code.local_kinds = kinds
+        try:
+            raw = self.mem.read(frame.frame_addr + L.frame_localsplus, 8 * code.nlocalsplus) if code.nlocalsplus else b""
+        except MemoryReadError:
+            return {}
+        out: dict[str, Value] = {}
+        for i, name in enumerate(code.local_names[:code.nlocalsplus]):
+            ptr = _Q.unpack_from(raw, 8 * i)[0]
+            if not ptr:
+                continue
+            value = self.objects.decode(ptr, depth)
+            out[name] = value
+        return out
+
+    # -- thread names -----------------------------------------------------
+    def thread_names(self) -> dict[int, str]:
+        """``threading`` names by thread ident, read from the target's ``threading._active``."""
+        active = self.module_global("threading", "_active")
+        if not isinstance(active, int):
+            return {}
+        items = self.objects.dict_items(active)
+        if not isinstance(items, list):
+            return {}
+        out = {}
+        for k, v in items:
+            ident = self.objects.decode(k, 0)
+            name_addr = self.objects.attribute(v, "_name")
+            if isinstance(ident, int) and isinstance(name_addr, int):
+                name = self.objects.string(name_addr)
+                if isinstance(name, str):
+                    out[ident] = name
+        return out
+
+    # -- modules ----------------------------------------------------------
+    def modules_dict(self) -> int | None:
+        """Address of ``sys.modules`` of the main interpreter."""
+        if not self._interp_addrs:
+            try:
+                self._read_thread_list()
+            except (MemoryReadError, TornRead):
+                return None
+        if not self._interp_addrs:
+            return None
+        p = self.objects.pointer(self._interp_addrs[-1] + self.layout.interp_modules)
+        return p if isinstance(p, int) and p else None
+
+    def module(self, name: str) -> int | None:
+        mods = self.modules_dict()
+        if mods is None:
+            return None
+        found = self.objects.item(mods, name)
+        return found if isinstance(found, int) else None
+
+    def module_global(self, module: str, name: str) -> int | None:
+        mod = self.module(module)
+        if mod is None:
+            return None
+        found = self.objects.attribute(mod, name)
+        return found if isinstance(found, int) else None

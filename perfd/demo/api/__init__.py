@@ -1,0 +1,1 @@
+"""The demo app's HTTP and WebSocket routes."""

@@ -1,0 +1,1 @@
+"""WebSocket topic subscriptions and broadcast."""

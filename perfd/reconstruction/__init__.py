@@ -1,0 +1,1 @@
+"""Turning samples into the ``dag`` section: node calls, their statistics, app state."""

@@ -1,0 +1,172 @@
+"""Find node calls and worker threads' nodes in one sample.
+
+Node calls are node-entry coroutine frames (profile: qualname + file suffix)
+found in the await chains of the target's tasks — where a call spends almost
+all its life, suspended — or on a thread stack while it runs. Their node id,
+node object and payload come from the frame's locals, read from the bytes the
+chain follower already holds; decoded values are cached by object address
+and re-checked by pointer, never trusted across calls.
+
+Worker threads (``asyncio.to_thread``) are tied to a node when one of their
+frames has a node object as ``self``: the node's own method is running there.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import replace
+
+from perfd.cpython.chains import Chain, Level
+from perfd.cpython.objects import Failure
+from perfd.cpython.sample import Frame, Sample, ThreadStack
+from perfd.cpython.stacks import StackReader
+from perfd.errors import MemoryReadError
+from perfd.profile import AppProfile
+from perfd.reconstruction.app_state import point_count
+from perfd.reconstruction.calls import CallObservation
+
+_Q = struct.Struct("<Q")
+
+
+class NodeCallFinder:
+    def __init__(self, profile: AppProfile, stacks: StackReader) -> None:
+        self.entry = profile.node_entry
+        self.stacks = stacks
+        self._is_entry: dict[int, bool] = {}  # code address -> node-entry?
+        self._slots: dict[int, tuple[int, int, int]] = {}  # code address -> (id, node, payload) local indices
+        self._strings: dict[int, str] = {}  # node-id str objects (immutable; owned by the registry)
+        self._self_slot: dict[int, int | None] = {}  # code address -> index of a "self" local
+        self._found: dict[int, tuple[Chain, int, list[CallObservation]]] = {}  # root -> calls at a chain version
+
+    def is_entry(self, frame: Frame) -> bool:
+        known = self._is_entry.get(frame.code_addr)
+        if known is None:
+            known = frame.qualname == self.entry.qualname and frame.filename.endswith(self.entry.file_suffix)
+            self._is_entry[frame.code_addr] = known
+        return known
+
+    # -- node calls ---------------------------------------------------------
+    def calls(self, chains: dict[int, Chain]) -> list[CallObservation]:
+        """Node calls in these chains, each with the node call awaiting it (its
+        parent): the one above it in its chain, or — for a ``gather`` child's
+        own task — the innermost node call of the chain that gathered it."""
+        per_chain: dict[int, list[CallObservation]] = {}
+        known = self._found
+        for root, chain in chains.items():
+            cached = known.get(root)
+            if cached is not None and cached[0] is chain and cached[1] == chain.version:
+                per_chain[root] = cached[2]  # not walked since: same levels, same calls
+                continue
+            found = []
+            for level in chain.levels:
+                if self.is_entry(level.frame):
+                    obs = self._from_level(chain, level)
+                    if obs is not None:
+                        found.append(obs)
+            per_chain[root] = found
+            known[root] = (chain, chain.version, found)
+        if len(known) > len(chains):
+            for gone in [r for r in known if r not in chains]:
+                del known[gone]
+        gathered_by: dict[int, tuple[int, int]] = {}
+        for root, chain in chains.items():
+            if chain.children and per_chain[root]:
+                for child in chain.children:
+                    gathered_by[child] = per_chain[root][-1].key
+        out: list[CallObservation] = []
+        for root, found in per_chain.items():
+            parent = gathered_by.get(root)
+            for obs in found:
+                out.append(replace(obs, parent=parent))
+                parent = obs.key
+        return out
+
+    def running_entry_gens(self, sample: Sample) -> set[int]:
+        """Coroutines of node-entry frames running on a thread right now (not yet in any chain)."""
+        return {f.gen_addr for t in sample.threads for f in t.frames if f.gen_addr and self.is_entry(f)}
+
+    def _from_level(self, chain: Chain, level: Level) -> CallObservation | None:
+        if level.state == "created":
+            return None  # made (e.g. by gather) but not started: the call begins when it runs
+        slots = self._local_slots(level.frame)
+        if slots is None:
+            return None
+        id_ptr, node_ptr, payload_ptr = (chain.slot(level, i) for i in slots)
+        if not id_ptr or not payload_ptr:
+            return None  # locals not bound yet: the call has barely started
+        node_id = self._string(id_ptr)
+        if node_id is None:
+            return None
+        return CallObservation((level.gen, payload_ptr), node_id, None, node_ptr, chain.root)
+
+    def point_count(self, payload: int) -> int | None:
+        """Points in a payload; read once, when its call is born (payloads are per call)."""
+        return point_count(self.stacks, payload, self.entry.points_key)
+
+    def _local_slots(self, frame: Frame) -> tuple[int, int, int] | None:
+        slots = self._slots.get(frame.code_addr)
+        if slots is None:
+            self.stacks.frame_locals_at(frame, 0)  # loads the code's local names
+            code = self.stacks.code_info(frame.code_addr)
+            names = code.local_names if code else None
+            if not names:
+                return None
+            e = self.entry
+            try:
+                slots = (names.index(e.node_id_local), names.index(e.node_local), names.index(e.payload_local))
+            except ValueError:
+                return None
+            self._slots[frame.code_addr] = slots
+        return slots
+
+    def _string(self, addr: int) -> str | None:
+        s = self._strings.get(addr)
+        if s is None:
+            value = self.stacks.objects.string(addr)
+            if isinstance(value, Failure):
+                return None
+            if len(self._strings) > 4096:
+                self._strings.clear()
+            s = self._strings[addr] = value
+        return s
+
+    # -- worker threads -------------------------------------------------------
+    def thread_nodes(self, threads: Iterable[ThreadStack], node_addrs: frozenset[int] | set[int]) -> dict[int, int]:
+        """native thread id -> node object address, for threads running a node's method."""
+        if not node_addrs:
+            return {}
+        wanted: list[tuple[int, int, int]] = []  # (native tid, frame addr, slot)
+        for t in threads:
+            for f in t.frames:
+                slot = self._self_index(f)
+                if slot is not None:
+                    wanted.append((t.native_thread_id, f.frame_addr, slot))
+        if not wanted:
+            return {}
+        off = self.stacks.layout.frame_localsplus
+        try:
+            bufs = self.stacks.mem.read_many([(fa + off + 8 * slot, 8) for _, fa, slot in wanted])
+        except MemoryReadError:
+            return {}
+        out: dict[int, int] = {}
+        for (tid, _, _), buf in zip(wanted, bufs):
+            if buf is not None and tid not in out:
+                ptr = _Q.unpack(buf)[0]
+                if ptr in node_addrs:
+                    out[tid] = ptr
+        return out
+
+    def _self_index(self, frame: Frame) -> int | None:
+        if frame.code_addr in self._self_slot:
+            return self._self_slot[frame.code_addr]
+        index = None
+        code = self.stacks.code_info(frame.code_addr)
+        if code is not None:
+            if code.local_names is None:
+                self.stacks.frame_locals_at(frame, 0)
+            names = code.local_names or []
+            if names and names[0] == "self":
+                index = 0
+        self._self_slot[frame.code_addr] = index
+        return index

@@ -1,0 +1,291 @@
+"""Backend without a compiler: tracefs ``uprobe_events`` read from a private instance.
+
+Probe definitions are global (``uprobe_events``) but enabling and reading are
+per instance, so perfd's events never show up in (or steal from) the system
+trace buffer. Names carry the owning perfd's PID — group
+``perfd_<perfd pid>_<target pid>``, instance ``perfd-<perfd pid>-<target pid>``
+— so probes left behind by a killed perfd can be recognised and removed
+(see ``perfd.uprobes.stale``).
+
+The kernel filters events to the target's threads (``set_event_pid`` with
+``event-fork``, which follows new threads); the tgid recorded on every line is
+checked again here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from perfd.uprobes.events import CallPairer, OpEvent, PairingStats
+from perfd.uprobes.symbols import ProbePoint, Resolution
+
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+GROUP_PREFIX = "perfd_"
+INSTANCE_PREFIX = "perfd-"
+NS_PER_US = 1000
+READ_INTERVAL_S = 0.1
+
+
+class TracefsError(OSError):
+    """tracefs is missing or refused a write."""
+
+
+def tracefs_root() -> Path:
+    for root in TRACEFS_ROOTS:
+        if os.path.exists(os.path.join(root, "uprobe_events")):
+            return Path(root)
+    raise TracefsError(errno.ENOENT, "tracefs with uprobe_events not mounted (mount -t tracefs nodev /sys/kernel/tracing)")
+
+
+def group_name(perfd_pid: int, target_pid: int) -> str:
+    return f"{GROUP_PREFIX}{perfd_pid}_{target_pid}"
+
+
+def instance_name(perfd_pid: int, target_pid: int) -> str:
+    return f"{INSTANCE_PREFIX}{perfd_pid}-{target_pid}"
+
+
+def write_control(path: Path, text: str, append: bool = False) -> None:
+    """One ``write(2)`` per command, as tracefs parses each write separately.
+    (Python's append mode seeks to the end first, which tracefs refuses.)"""
+    flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags)
+        try:
+            os.write(fd, (text + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise TracefsError(e.errno, f"writing {text!r} to {path}: {e.strerror}") from None
+
+
+# --- the trace_pipe line parser (sans-IO) -------------------------------------
+
+# "   python-5772    (   5772) [000] DBZff   632.412540: vds_0: (0x7f46d0adc3b0) sp=0x7ffe3614e278"
+_LOST = re.compile(rb"\[LOST (\d+) EVENTS\]")
+_LINE = re.compile(
+    r"^\s*.+?-(?P<tid>\d+)\s+\(\s*(?P<tgid>\d+|-+)\)\s+\[\d+\]\s+\S+\s+"
+    r"(?P<sec>\d+)\.(?P<usec>\d{6}): (?P<event>\w+): \([^)]*\) sp=0x(?P<sp>[0-9a-f]+)"
+)
+
+
+@dataclass(frozen=True)
+class ProbeHit:
+    tid: int
+    tgid: int | None
+    ts_ns: int
+    event: str
+    sp: int
+
+
+def parse_line(line: str) -> ProbeHit | None:
+    m = _LINE.match(line)
+    if not m:
+        return None
+    tgid = m["tgid"]
+    return ProbeHit(
+        tid=int(m["tid"]),
+        tgid=int(tgid) if tgid.isdigit() else None,
+        ts_ns=int(m["sec"]) * 1_000_000_000 + int(m["usec"]) * NS_PER_US,
+        event=m["event"],
+        sp=int(m["sp"], 16),
+    )
+
+
+class TraceLineDecoder:
+    """Bytes from trace_pipe in, completed ``OpEvent``s out."""
+
+    def __init__(self, target_pid: int, ops: list[str], entry_ids: dict[str, int], return_names: set[str]) -> None:
+        self.target_pid = target_pid
+        self.entry_ids = entry_ids  # event name -> op_id
+        self.return_names = return_names
+        self.pairer = CallPairer(ops)
+        self.foreign_lines = 0  # another process's hit (filtering not supported)
+        self.bad_lines = 0
+        self._partial = b""
+
+    def feed(self, data: bytes) -> list[OpEvent]:
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            hit = parse_line(raw.decode("utf-8", "replace"))
+            if hit is None:
+                lost = _LOST.search(raw)
+                if lost:
+                    self.pairer.stats.lost_events += int(lost[1])
+                elif not raw.startswith(b"#"):
+                    self.bad_lines += 1
+                continue
+            if hit.tgid is not None and hit.tgid != self.target_pid:
+                self.foreign_lines += 1
+                continue
+            op_id = self.entry_ids.get(hit.event)
+            if op_id is not None:
+                self.pairer.entry(hit.tid, op_id, hit.sp, hit.ts_ns)
+            elif hit.event in self.return_names:
+                ev = self.pairer.ret(hit.tid, hit.sp, hit.ts_ns)
+                if ev is not None:
+                    out.append(ev)
+        return out
+
+
+# --- the backend ---------------------------------------------------------------
+
+
+def _event_names(point: ProbePoint, index: int) -> tuple[str, str]:
+    base = f"{point.op}_{index}"
+    return base, base + "_ret"
+
+
+class TracefsBackend:
+    """uprobes via ``uprobe_events`` in ``instances/perfd-<perfd pid>-<target pid>``."""
+
+    name = "tracefs"
+
+    def __init__(self, pid: int, resolution: Resolution, on_event: Callable[[OpEvent], None]) -> None:
+        self.pid = pid
+        self.resolution = resolution
+        self.on_event = on_event
+        self.root = tracefs_root()
+        self.group = group_name(os.getpid(), pid)
+        self.instance = self.root / "instances" / instance_name(os.getpid(), pid)
+        self._defined: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fd: int | None = None
+        self._drain_lock = threading.Lock()
+        entry_ids: dict[str, int] = {}
+        returns: set[str] = set()
+        self._definitions: list[str] = []
+        lib = resolution.library
+        assert lib is not None, "resolve Open3D before starting a backend"
+        # uprobe_events takes the path in perfd's mount namespace.
+        host_lib = resolution.host_library
+        for i, point in enumerate(resolution.points):
+            entry, ret = _event_names(point, i)
+            entry_ids[entry] = point.op_id
+            returns.add(ret)
+            # Returns first: a call entered between the two writes then has a
+            # return without an entry (ignored), never an entry without a return.
+            self._definitions.append(f"r:{self.group}/{ret} {host_lib}:{point.file_offset:#x} sp=%sp")
+            self._definitions.append(f"p:{self.group}/{entry} {host_lib}:{point.file_offset:#x} sp=%sp")
+        self.decoder = TraceLineDecoder(pid, resolution.ops, entry_ids, returns)
+
+    @property
+    def stats(self) -> PairingStats:
+        return self.decoder.pairer.stats
+
+    def start(self) -> None:
+        try:
+            self._setup()
+        except BaseException:
+            self.stop()
+            raise
+        self._thread = threading.Thread(target=self._read_loop, name=f"perfd-uprobes-{self.pid}", daemon=True)
+        self._thread.start()
+
+    def _setup(self) -> None:
+        try:
+            os.mkdir(self.instance)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise TracefsError(e.errno, f"cannot create tracefs instance {self.instance}: {e.strerror}") from None
+        write_control(self.instance / "trace_clock", "mono")  # same clock as bpf_ktime_get_ns
+        write_control(self.instance / "options" / "record-tgid", "1")
+        write_control(self.instance / "options" / "event-fork", "1")
+        for line in self._definitions:
+            write_control(self.root / "uprobe_events", line, append=True)
+            self._defined.append(line.split()[0].split(":", 1)[1])
+        self._set_pids()
+        self._fd = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            write_control(self.instance / "events" / self.group / "enable", "1")
+        except TracefsError as e:
+            if e.errno == errno.EINVAL:
+                raise TracefsError(e.errno, f"{e.strerror}: the kernel refused the uprobes — usually another "
+                                   "tool's uprobe on the same function with a USDT semaphore "
+                                   "('ref_ctr_offset mismatch' in dmesg)") from None
+            raise
+        self._set_pids()  # threads started meanwhile
+
+    def _set_pids(self) -> None:
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            tids = [str(self.pid)]
+        write_control(self.instance / "set_event_pid", " ".join(tids), append=True)
+
+    def _read_loop(self) -> None:
+        # A timer, not poll(): a reader blocked in poll is woken by every
+        # event and would preempt the target's thread right after the call.
+        while not self._stop.wait(READ_INTERVAL_S):
+            self.drain()
+
+    def watch(self, tstates: dict[int, int], owners: set[int]) -> None:
+        """No-op: a tracefs probe runs no code, so it cannot walk a thread's
+        frames; its events are placed from samples (see DagSource.attribute)."""
+
+    def drain(self) -> None:
+        """Consume what is buffered now."""
+        with self._drain_lock:
+            while self._fd is not None:
+                try:
+                    data = os.read(self._fd, 1 << 16)
+                except OSError:  # EAGAIN: empty
+                    return
+                if not data:
+                    return
+                for ev in self.decoder.feed(data):
+                    self.on_event(ev)
+
+    def stop(self) -> None:
+        """Disable, remove every event definition, remove the instance."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        enable = self.instance / "events" / self.group / "enable"
+        if enable.exists():
+            try:
+                write_control(enable, "0")
+            except TracefsError:
+                pass
+        self.drain()
+        with self._drain_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        remove_events(self.root, [self.group + "/" + e.split("/", 1)[1] for e in self._defined])
+        self._defined.clear()
+        remove_instance(self.instance)
+
+
+def remove_events(root: Path, names: list[str]) -> list[str]:
+    """Remove ``group/event`` definitions; returns those the kernel refused."""
+    failed = []
+    for name in names:
+        try:
+            write_control(root / "uprobe_events", f"-:{name}", append=True)
+        except TracefsError as e:
+            if e.errno != errno.ENOENT:
+                failed.append(name)
+    return failed
+
+
+def remove_instance(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise TracefsError(e.errno, f"cannot remove tracefs instance {path}: {e.strerror}") from None

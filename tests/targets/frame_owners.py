@@ -1,0 +1,87 @@
+"""Objects whose methods call libc ``getppid`` on their own threads: exact
+ground truth for the bcc probe's walk of the calling thread's Python frames.
+
+Each owner thread calls through a different frame shape, so the walk has to
+go past frames that are not the owner's:
+- ``direct``: the owner's method calls it (the owner is local 0 of frame 0);
+- ``nested``: through a module-level helper and a few recursive frames;
+- ``via_c``: through ``map()``, i.e. C calling Python (3.12+ put a C-stack
+  shim frame in the chain, which has no locals and must be skipped).
+The main thread also calls it from module-level code: no owner there.
+
+Prints ``READY``, one ``OWNER <name> <id(obj)> <native tid> <calls>`` line per
+owner, ``MAIN <native tid> <calls>``; each SIGUSR1 runs one round and prints
+``DONE``.
+"""
+
+import ctypes
+import signal
+import sys
+import threading
+
+libc = ctypes.CDLL("libc.so.6")
+ROUNDS = {"direct": 30, "nested": 40, "via_c": 50}
+MAIN_CALLS = 20
+
+
+def _call(fn, n):
+    for _ in range(n):
+        fn()
+
+
+def _recurse(depth, fn, n):
+    if depth:
+        return _recurse(depth - 1, fn, n)
+    _call(fn, n)
+
+
+def _once(fn):
+    return fn()
+
+
+class Owner:
+    def __init__(self, name):
+        self.name = name
+        self.go = threading.Event()
+        self.done = threading.Event()
+        self.ready = threading.Event()
+
+    def serve(self):
+        self.tid = threading.get_native_id()
+        self.ready.set()
+        while True:
+            self.go.wait()
+            self.go.clear()
+            getattr(self, self.name)(ROUNDS[self.name])
+            self.done.set()
+
+    def direct(self, n):
+        for _ in range(n):
+            libc.getppid()
+
+    def nested(self, n):
+        _recurse(4, libc.getppid, n)
+
+    def via_c(self, n):
+        list(map(_once, [libc.getppid] * n))
+
+
+owners = [Owner(name) for name in ROUNDS]
+for o in owners:
+    threading.Thread(target=o.serve, daemon=True).start()
+    o.ready.wait()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+print("READY", flush=True)
+for o in owners:
+    print(f"OWNER {o.name} {id(o)} {o.tid} {ROUNDS[o.name]}", flush=True)
+print(f"MAIN {threading.get_native_id()} {MAIN_CALLS}", flush=True)
+while True:
+    signal.sigwait({signal.SIGUSR1})
+    for o in owners:
+        o.done.clear()
+        o.go.set()
+    for o in owners:
+        o.done.wait()
+    _call(libc.getppid, MAIN_CALLS)
+    print("DONE", flush=True)
+    sys.stdout.flush()

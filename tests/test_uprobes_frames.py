@@ -1,0 +1,82 @@
+"""The bcc entry probe names the object whose method made the call.
+
+perfd's probe program, compiled with the target's frame offsets
+(``perfd.cpython.layouts.frame_walk``), walks the calling thread's Python
+frames at every probed entry and reports the first frame whose first local is
+a watched object — how Open3D ops are placed on DAG nodes exactly. Checked on
+3.11, 3.12 and 3.13 with a libc function as the probed "op" and ground truth
+from the target (tests/targets/frame_owners.py): every call made inside an
+owner's method names that owner — through helper frames, recursion and a C
+shim — and calls from outside any owner, or from a thread perfd was not told
+about, name none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from conftest import TARGET_VERSIONS, require
+from libc_symbols import libc_functions
+from perfd.cpython.discovery import locate_interpreter
+from perfd.cpython.layouts import frame_walk
+from perfd.cpython.stacks import StackReader
+from perfd.uprobes import check_backends
+from perfd.uprobes.bcc_backend import BccBackend
+from perfd.uprobes.symbols import ProbePoint, Resolution
+
+pytestmark = pytest.mark.privileged
+
+FUNCTION = "getppid"
+
+
+def libc_resolution(pid: int) -> Resolution:
+    library, path, where = libc_functions(pid, [FUNCTION])
+    vaddr, offset = where[FUNCTION]
+    return Resolution(library, path, [FUNCTION], [ProbePoint(FUNCTION, 0, FUNCTION, FUNCTION, vaddr, offset)])
+
+
+def read_header(target) -> tuple[dict[int, tuple[int, int]], tuple[int, int]]:
+    """owner id -> (thread id, calls per round); and (main thread id, its calls)."""
+    owners = {}
+    while True:
+        words = target.proc.stdout.readline().split()
+        if words[0] == "OWNER":
+            owners[int(words[2])] = (int(words[3]), int(words[4]))
+        else:
+            return owners, (int(words[1]), int(words[2]))
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_entry_probe_names_the_owner_whose_method_called(spawn, version):
+    check = next(c for c in check_backends() if c.backend == "bcc")
+    require("uprobes backend bcc", check.works, check.detail)
+    target = spawn("frame_owners.py", version=version)
+    owners, (main_tid, main_calls) = read_header(target)
+    stacks = StackReader(locate_interpreter(target.pid))
+    threads = {t.native_thread_id: t.tstate_addr for t in stacks.sample().threads}
+    assert set(threads) == {tid for tid, _ in owners.values()} | {main_tid}
+    unknown_tid = owners[next(iter(owners))][0]  # a thread the probe is not told about
+    events: Counter = Counter()
+    backend = BccBackend(target.pid, libc_resolution(target.pid),
+                         lambda ev: events.update([(ev.tid, ev.owner)]), walk=frame_walk(stacks.layout))
+    backend.start()
+    try:
+        for rnd, watched in enumerate(({t: a for t, a in threads.items() if t != unknown_tid}, threads)):
+            events.clear()
+            backend.watch(watched, set(owners))
+            os.kill(target.pid, signal.SIGUSR1)
+            assert target.proc.stdout.readline().strip() == "DONE"
+            time.sleep(0.05)
+            backend.drain()
+            want = Counter({(main_tid, 0): main_calls})
+            for owner, (tid, calls) in owners.items():
+                want[(tid, 0 if tid not in watched else owner)] += calls
+            assert events == want, f"round {rnd}"
+    finally:
+        backend.stop()
+        stacks.close()
