@@ -24,7 +24,10 @@ from perfd.cpython.sample import Frame, Sample, ThreadStack
 from perfd.errors import MemoryReadError
 
 MAX_DEPTH = 4096
-ATTEMPTS = 3  # walks per sample before giving up on a thread that keeps changing
+# Walks per sample before giving up on a thread that keeps changing. On a target
+# switching tasks every few µs (tests/targets/reader_churn.py), 3 left up to 5% of
+# samples with a suspect thread, 5 leaves ~1%; retries cost only when a walk tore.
+ATTEMPTS = 5
 MAX_THREADS = 1024
 _Q = struct.Struct("<Q")
 _q = struct.Struct("<q")
@@ -60,7 +63,7 @@ class CodeInfo:
 
 
 class TornRead(Exception):
-    """Internal: the target changed under a walk; the sample is retried once."""
+    """Internal: the target changed under a walk; the sample is walked again."""
 
 
 @dataclass(slots=True)
@@ -75,6 +78,7 @@ class _Walk:
     ranges: list[tuple[int, int, bytes]] = field(default_factory=list)  # this thread's datastack chunks
     signature: tuple = ()
     reused: list[Frame] | None = None
+    broken: bool = False  # last attempt only: this thread's chain could not be read; it alone is dropped
 
 
 class StackReader:
@@ -141,7 +145,8 @@ class StackReader:
 
     # -- sampling ---------------------------------------------------------
     def sample(self, *, with_locals: bool = False) -> Sample:
-        """Every thread's stack. Retries once when the target moved under the walk.
+        """Every thread's stack. Walks again (up to ATTEMPTS) when the target moved under the walk;
+        the last walk drops only the threads that still tear, marked ``suspect``.
 
         Raises ``MemoryReadError`` (incl. ``NoSuchProcess``) when the target is unreadable.
         """
@@ -228,6 +233,7 @@ class StackReader:
         # 3. current frame of each thread
         walks: list[_Walk] = []
         need_cframe: list[tuple[_Walk, int]] = []
+        unplanned: list[tuple[_Walk, list[tuple[int, int]]]] = []  # threads whose chunks were not read this round
         root_cframe = L.get("tstate.root_cframe", -1)
         for t, b, rng in zip(tstates, tbufs, ranges):
             w = _Walk(t, _Q.unpack_from(b, L.tstate_thread_id)[0], _Q.unpack_from(b, L.tstate_native_thread_id)[0], 0)
@@ -246,7 +252,9 @@ class StackReader:
                 continue  # same bytes: same chunk plan and C frame as last time
             chunk = _Q.unpack_from(b, L.tstate_datastack_chunk)[0]
             top = _Q.unpack_from(b, L.tstate_datastack_top)[0]
-            self._chunks[t] = self._chunk_plan(chunk, top, rng)
+            self._chunks[t] = plan = self._chunk_plan(chunk, top, rng)
+            if plan and not rng:
+                unplanned.append((w, plan))
             if self._v313:
                 w.next_frame = _Q.unpack_from(b, L.tstate_current_frame)[0]
             else:
@@ -255,6 +263,15 @@ class StackReader:
                     w.next_frame = _Q.unpack_from(cfbuf, L.cframe_current_frame)[0]
                 elif cf:
                     need_cframe.append((w, cf))
+        if unplanned:
+            # Read their chunks now (one call) rather than walk frame by frame: a deep
+            # stack would take a round trip per frame, and a slow walk is a torn walk.
+            got = mem.read_many([part for _, plan in unplanned for part in plan])
+            it = iter(got)
+            for w, plan in unplanned:
+                for (addr, _size), b in zip(plan, it):
+                    if b is not None:
+                        w.ranges.append((addr, addr + len(b), b))
         if need_cframe:
             got = mem.read_many([(cf + L.cframe_current_frame, 8) for _, cf in need_cframe])
             for (w, _cf), b in zip(need_cframe, got):
@@ -286,13 +303,25 @@ class StackReader:
                 break
             rounds += 1
             if rounds > MAX_DEPTH:
-                raise TornRead("frame chain does not end")
+                if not lenient:
+                    raise TornRead("frame chain does not end")
+                for w in pending:
+                    w.broken = w.done = True
+                break
             addrs = list(missing)
             got = mem.read_many([(a, _FRAME_READ) for a in addrs])
+            unreadable = set()
             for a, b in zip(addrs, got):
                 if b is None:
-                    raise TornRead(f"frame {a:#x} unreadable")
-                exact[a] = b
+                    if not lenient:
+                        raise TornRead(f"frame {a:#x} unreadable")
+                    unreadable.add(a)
+                else:
+                    exact[a] = b
+            for w in pending:
+                if w.next_frame in unreadable:  # a pointer read mid-update: give up on this thread only
+                    w.broken = w.done = True
+            pending = [w for w in pending if not w.done]
         self._heap_frames = heap_frames[-512:]
 
         # 5. code objects: validate cached headers, decode new ones
@@ -315,19 +344,21 @@ class StackReader:
         out: list[ThreadStack] = []
         memo: dict[int, tuple] = {}
         for w in walks:
-            if w.reused is not None:
-                if any(valid_codes.get(c) is None for c in self._memo[w.tstate][3]):
-                    raise TornRead("a code object changed under an unchanged stack")
-                frames = w.reused
-            else:
-                try:
+            try:
+                if w.broken:
+                    raise TornRead("frame chain unreadable")
+                if w.reused is not None:
+                    if any(valid_codes.get(c) is None for c in self._memo[w.tstate][3]):
+                        raise TornRead("a code object changed under an unchanged stack")
+                    frames = w.reused
+                else:
                     frames = self._frames_of(w, valid_codes, lenient)
-                except TornRead:
-                    if not lenient:
-                        raise
-                    self.torn_threads += 1
-                    out.append(ThreadStack(w.thread_id, w.native_thread_id, w.tstate, [], suspect=True))
-                    continue
+            except TornRead:
+                if not lenient:
+                    raise
+                self.torn_threads += 1
+                out.append(ThreadStack(w.thread_id, w.native_thread_id, w.tstate, [], suspect=True))
+                continue
             heap = [(a, buf) for a, buf, off in w.frames if not off and exact.get(a) is buf]
             if w.reused is None:
                 memo[w.tstate] = (w.signature, frames, heap, dict.fromkeys(f.code_addr for f in frames))

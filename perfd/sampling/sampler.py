@@ -206,7 +206,7 @@ class Sampler:
         with self._lock:
             self.samples_total += 1
             if any(t.suspect for t in sample.threads):
-                self.samples_failed += 1  # delivered, but a thread kept changing under three walks
+                self.samples_failed += 1  # delivered, but a thread kept changing under every walk
             if sample.retried:
                 self.samples_retried += 1
             self.thread_count = len(sample.threads)
