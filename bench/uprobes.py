@@ -55,12 +55,13 @@ class FrameLog:
 
 
 def start_source(pid: int, mode: str) -> UprobeSource:
-    """``bcc+frames``: as perfd attaches, with the entry probe walking the
+    """``<backend>+frames``: as perfd attaches, with the entry probe reading the
     calling thread's Python frames — watching every thread and an owner that
     is never found, so every entry walks the whole frame budget (worst case)."""
     backend, _, frames = mode.partition("+")
     stacks = StackReader(locate_interpreter(pid)) if frames else None
-    source = UprobeSource(pid, Registry(), backend=backend, walk=frame_walk(stacks.layout) if stacks else None)
+    walk = frame_walk(stacks.layout, stacks.interp.runtime_addr) if stacks else None
+    source = UprobeSource(pid, Registry(), backend=backend, walk=walk)
     if not source.start():
         raise SystemExit(f"{mode}: could not attach")
     if stacks is not None:
@@ -142,7 +143,7 @@ def main() -> int:
     args = ap.parse_args()
 
     works = {c.backend: c.works for c in check_backends()}
-    modes = ["off"] + [b for b in ("bcc", "bcc+frames", "tracefs") if works[b.partition("+")[0]]]
+    modes = ["off"] + [b for b in ("bcc", "bcc+frames", "tracefs", "tracefs+frames") if works[b.partition("+")[0]]]
     rt = [] if args.no_realtime else ["--realtime"]
     env = {"OMP_NUM_THREADS": args.omp_threads}
     print("ratio = without probes / with probes (1.0 = no cost); CPU = the target's process CPU time per frame;")

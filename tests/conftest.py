@@ -93,6 +93,20 @@ def spawn() -> Iterator[Callable[..., Target]]:
         t.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_probes_left_behind() -> Iterator[None]:
+    """After the run no perfd uprobe or tracefs instance may remain: every
+    perfd a test started detached, or the test swept up after the one it killed."""
+    yield
+    from perfd.uprobes.stale import remove_stale
+
+    try:
+        left = remove_stale()
+    except OSError:  # no tracefs here: nothing can have been left in it
+        return
+    assert not (left.events or left.instances), f"left behind by the tests: {left}"
+
+
 @pytest.fixture(scope="session")
 def snapshot_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())

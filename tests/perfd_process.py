@@ -76,9 +76,15 @@ class PerfdServer:
         return rc, time.monotonic() - t0
 
     def stop(self) -> None:
+        """SIGTERM, the way systemd stops perfd (it detaches: probes, sockets
+        go); SIGKILL only when it hangs, which would leave tracefs probes behind."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
     def __enter__(self) -> "PerfdServer":
         return self

@@ -33,8 +33,7 @@ from perfd.uprobes.aggregate import ROLLING_CALLS
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
 WINDOW_S = 30.0
-LOOKABLE_MS = 1.0
-QUIET_S = 1.5  # > a frame's trip through the DAG + attribution settle (0.25 s) + drain (0.1 s) + publish (0.2 s)  # tracefs: ops at least this long (mean) must mostly be placed
+QUIET_S = 1.5  # > a frame's trip through the DAG + attribution settle (0.25 s) + drain (0.1 s) + publish (0.2 s)
 _WORKS = {c.backend: c for c in check_backends()}
 
 
@@ -142,13 +141,12 @@ def _truth_mean_of_last(reads: list[dict], key: tuple[str, str], n: int) -> floa
 def test_demo_ops_are_attributed_to_the_nodes_that_ran_them(demo_factory, backend):  # noqa: F811
     """A full ``perfd attach``: each op call goes to the node whose call ran it.
 
-    bcc reads the node off the calling thread's Python frames as the op begins:
-    per node and op, calls equal the truth (±1 per read) and ``avg_ms`` (the
-    last 60 calls) agrees with the truth's mean over its last 60 calls, within
-    the per-op bars above. tracefs cannot run code in the probe, so it places
-    ops from stack samples and the node calls in flight: ops of a millisecond
-    or more mostly placed, very short ones less often, nearly none misplaced;
-    what it cannot place is counted under the unattributed pseudo node, never
+    Both backends read the node off the calling thread's Python frames as the
+    op begins (bcc walks them in the probe; tracefs fetches them from the GIL
+    holder, the caller): per node and op, calls equal the truth (±1 per read)
+    and ``avg_ms`` (the last 60 calls) agrees with the truth's mean over its
+    last 60 calls, within the per-op bars above; nothing is misplaced, and
+    what is not placed is counted under the unattributed pseudo node, never
     lost (placed + unattributed = truth per op).
     """
     from perfd_process import PerfdServer
@@ -177,26 +175,16 @@ def test_demo_ops_are_attributed_to_the_nodes_that_ran_them(demo_factory, backen
     report += "\nmisplaced: " + ", ".join(f"{k}: {v}" for k, v in sorted(misplaced.items()))
     report += f"\nattributed by: {snap['perfd'].get('open3d_attribution')}"
     print(f"\n[{backend}]\n" + report)
-    if backend == "bcc":
-        assert not misplaced, report
-        for key, want in truth.items():
-            assert abs(ours.get(key, 0) - want) <= 1, report
-            t_avg, p_avg = _truth_mean_of_last(truth_reads, key, ROLLING_CALLS), ours1[key][1]
-            line = f"{key}: avg {p_avg:.3f} vs truth {t_avg:.3f} ms\n{report}"
-            assert p_avg - t_avg <= max(0.05 * t_avg, 0.2), line
-            assert t_avg - p_avg <= max(0.10 * t_avg, 0.2), line
-        return
+    assert not misplaced, report
+    for key, want in truth.items():
+        assert abs(ours.get(key, 0) - want) <= 1, report
+        t_avg, p_avg = _truth_mean_of_last(truth_reads, key, ROLLING_CALLS), ours1[key][1]
+        line = f"{key}: avg {p_avg:.3f} vs truth {t_avg:.3f} ms\n{report}"
+        assert p_avg - t_avg <= max(0.05 * t_avg, 0.2), line
+        assert t_avg - p_avg <= max(0.10 * t_avg, 0.2), line
     unplaced0, unplaced1 = (_unattributed(ours0_snap), _unattributed(snap))
-    for (node, op), want in truth.items():
-        got = ours.get((node, op), 0)
-        assert got <= want + 1, report
-        # placing a call takes a look at its thread inside or right around it:
-        # ops of a millisecond or more get one most of the time, 50 us ones seldom
-        if truth_reads[-1][(node, op)][1] >= LOOKABLE_MS:
-            assert got >= 0.75 * want, report
     for op in {op for _, op in truth}:
         total = sum(v for (_, o), v in truth.items() if o == op)
         placed = sum(v for (_, o), v in ours.items() if o == op)
         unplaced = unplaced1.get(op, 0) - unplaced0.get(op, 0)
-        assert sum(v for (_, o), v in misplaced.items() if o == op) <= 0.05 * total, (op, misplaced)
         assert abs(placed + unplaced - total) <= len({n for n, o in truth if o == op}), (op, placed, unplaced, total)

@@ -1,14 +1,17 @@
-"""The bcc entry probe names the object whose method made the call.
+"""The entry probe names the object whose method made the call, with both backends.
 
-perfd's probe program, compiled with the target's frame offsets
+perfd's bcc probe program, compiled with the target's frame offsets
 (``perfd.cpython.layouts.frame_walk``), walks the calling thread's Python
 frames at every probed entry and reports the first frame whose first local is
-a watched object — how Open3D ops are placed on DAG nodes exactly. Checked on
-3.11, 3.12 and 3.13 with a libc function as the probed "op" and ground truth
-from the target (tests/targets/frame_owners.py): every call made inside an
-owner's method names that owner — through helper frames, recursion and a C
-shim — and calls from outside any owner, or from a thread perfd was not told
-about, name none.
+a watched object — how Open3D ops are placed on DAG nodes exactly. The
+tracefs probe runs no code; its fetch arguments read the GIL holder's frames,
+which are the calling thread's own when it holds the GIL (as an Open3D op's
+caller does). Checked on 3.11, 3.12 and 3.13 with a libc function as the
+probed "op" and ground truth from the target (tests/targets/frame_owners.py):
+every call made inside an owner's method names that owner — through helper
+frames, recursion and a C shim — and calls from outside any owner, or from a
+thread perfd was not told about (bcc), name none; with tracefs, calls made
+with the GIL released name their owner or none, never another.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from perfd.cpython.stacks import StackReader
 from perfd.uprobes import check_backends
 from perfd.uprobes.bcc_backend import BccBackend
 from perfd.uprobes.symbols import ProbePoint, Resolution
+from perfd.uprobes.tracefs import TracefsBackend
 
 pytestmark = pytest.mark.privileged
 
@@ -80,3 +84,48 @@ def test_entry_probe_names_the_owner_whose_method_called(spawn, version):
     finally:
         backend.stop()
         stacks.close()
+
+
+def _run_rounds(target, backend, events: Counter, watched_rounds, owners) -> list[Counter]:
+    got = []
+    for watched in watched_rounds:
+        events.clear()
+        backend.watch(watched, set(owners))
+        os.kill(target.pid, signal.SIGUSR1)
+        assert target.proc.stdout.readline().strip() == "DONE"
+        time.sleep(0.3)  # > the tracefs reader's period
+        backend.drain()
+        got.append(Counter(events))
+    return got
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_tracefs_entry_names_the_owner_from_the_gil_holders_frames(spawn, version):
+    check = next(c for c in check_backends() if c.backend == "tracefs")
+    require("uprobes backend tracefs", check.works, check.detail)
+    for mode in ("pydll", "cdll"):
+        target = spawn("frame_owners.py", *(["pydll"] if mode == "pydll" else []), version=version)
+        owners, (main_tid, main_calls) = read_header(target)
+        stacks = StackReader(locate_interpreter(target.pid))
+        events: Counter = Counter()
+        backend = TracefsBackend(target.pid, libc_resolution(target.pid),
+                                 lambda ev: events.update([(ev.tid, ev.owner)]),
+                                 walk=frame_walk(stacks.layout, stacks.interp.runtime_addr))
+        backend.start()
+        try:
+            assert backend.frame_depth >= 7, backend.frames_refused  # the deepest owner is frame 7
+            got = _run_rounds(target, backend, events, [{}, {}], owners)
+        finally:
+            backend.stop()
+            stacks.close()
+        for rnd, counts in enumerate(got):
+            if mode == "pydll":  # the GIL held across the call: every call placed
+                want = Counter({(main_tid, 0): main_calls})
+                for owner, (tid, calls) in owners.items():
+                    want[(tid, owner)] += calls
+                assert counts == want, f"{mode} round {rnd}"
+            else:  # released: the holder may be another thread, then no name; never a wrong one
+                by_tid = {tid: owner for owner, (tid, _) in owners.items()}
+                assert sum(counts.values()) == main_calls + sum(c for _, c in owners.values())
+                wrong = {k: n for k, n in counts.items() if k[1] not in (0, by_tid.get(k[0], 0))}
+                assert not wrong, f"{mode} round {rnd}: {wrong}"

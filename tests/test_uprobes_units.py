@@ -14,7 +14,8 @@ from perfd.uprobes.aggregate import ROLLING_CALLS, UNATTRIBUTED, OpAggregator
 from perfd.uprobes.events import CallPairer, OpEvent
 from perfd.uprobes.spec import OpSpec, load_spec, parse_spec
 from perfd.uprobes.symbols import open3d_candidates, resolve, resolve_in_file, symbol_matches
-from perfd.uprobes.tracefs import TraceLineDecoder, parse_line
+from perfd.cpython.layouts import frame_walk, generated_layout
+from perfd.uprobes.tracefs import MAX_ARG_CHARS, TraceLineDecoder, frame_args, frame_owner, parse_line
 
 open3d = pytest.importorskip("open3d")
 LIBOPEN3D = next(Path(open3d.__file__).parent.glob("libOpen3D.so*"))
@@ -144,6 +145,44 @@ def test_decoder_pairs_across_chunk_boundaries_and_drops_other_processes():
     events = d.feed(data[:50]) + d.feed(data[50:130]) + d.feed(data[130:])
     assert events == [OpEvent(5772, "crop", 632_412_540_000, 3_079_000, 0)]
     assert d.foreign_lines == 1 and d.bad_lines == 0
+
+
+# --- frames fetched by tracefs entries ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("minor", ["3.11", "3.12", "3.13"])
+def test_frame_args_stay_within_the_kernels_limits(minor):
+    walk = frame_walk(generated_layout(minor), runtime_addr=0x7F00_0000_0000)
+    args = frame_args(walk)
+    assert args[0].startswith("ht=+") and args[-1] == args[0].replace("ht=", "hu=")
+    frames = [a for a in args if a.startswith("f")]
+    assert len(frames) >= 7  # the demo's node method is frame 0 or 1; the frames test needs 7
+    for a in args:
+        expr = a.split("=", 1)[1].rsplit(":", 1)[0]
+        assert len(expr) <= MAX_ARG_CHARS and expr.count("(") + 2 <= 12, a
+    assert ("o0=" in " ".join(args)) == (walk.owner_cstack >= 0)  # 3.11 has no C-stack shims
+    assert frame_args(frame_walk(generated_layout(minor))) == []  # no runtime address: no frames
+
+
+def test_frame_owner_trusts_only_the_callers_own_frames():
+    owners = {0xA0, 0xB0}
+    args = {"ht": 7, "f0": 0x10, "l0": 0x99, "o0": 0, "f1": 0x20, "l1": 0xB0, "o1": 3, "f2": 0x30, "l2": 0xA0,
+            "o2": 0, "f3": 0, "l3": 0xB0, "hu": 7}
+    assert frame_owner(7, args, owners, owner_cstack=3) == 0xA0  # frame 1 is a C-stack shim: its "local" is not one
+    assert frame_owner(7, args, owners, owner_cstack=-1) == 0xB0
+    assert frame_owner(8, args, owners, 3) == 0  # the GIL holder is another thread
+    assert frame_owner(7, {**args, "hu": 9}, owners, 3) == 0  # ... or became one during the fetch
+    # past the end of the chain (f == 0) the fetched values are stale buffer bytes
+    assert frame_owner(7, {**args, "l2": 0x55}, owners, 3) == 0
+
+
+def test_entry_lines_with_frames_name_their_owner():
+    d = TraceLineDecoder(5772, ["crop"], {"crop_0": 0}, {"crop_0_ret"}, owner_cstack=3)
+    d.owners = frozenset({0x7F0000001000})
+    entry = ENTRY + " ht=5772 f0=0x55aa00 l0=0x7f0000001000 o0=0 hu=5772"
+    assert parse_line(entry).args == {"ht": 5772, "f0": 0x55AA00, "l0": 0x7F0000001000, "o0": 0, "hu": 5772}
+    (ev,) = d.feed((entry + "\n" + RETURN.replace("5790", "5772") + "\n").encode())
+    assert ev.owner == 0x7F0000001000
 
 
 # --- aggregation ----------------------------------------------------------------------------

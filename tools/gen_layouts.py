@@ -29,6 +29,9 @@ O = "offsetof"
 FIELDS: list[tuple[str, str, tuple[str, ...] | None]] = [
     # runtime / interpreter / thread
     ("runtime.interpreters_head", f"{O}(_PyRuntimeState, interpreters.head)", None),
+    # the GIL's holder while it is held: which thread called into C (a probe's view)
+    ("runtime.gil_last_holder", f"{O}(_PyRuntimeState, ceval.gil.last_holder)", ("3.11",)),
+    ("runtime.gil_last_holder", f"{O}(_PyRuntimeState, _main_interpreter._gil.last_holder)", ("3.12", "3.13")),
     ("interp.next", f"{O}(PyInterpreterState, next)", None),
     ("interp.threads_head", f"{O}(PyInterpreterState, threads.head)", None),
     ("interp.modules", f"{O}(PyInterpreterState, modules)", ("3.11",)),

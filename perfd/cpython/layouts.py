@@ -105,12 +105,21 @@ class FrameWalk:
     localsplus: int
     owner: int
     owner_cstack: int  # owner value of C-stack shim frames (no locals); -1: this version has none
+    tstate_native_tid: int = -1  # the thread state's OS thread id
+    # Absolute address of the main GIL's holder (a PyThreadState*) in the target;
+    # 0: unknown. A probe that cannot look up its own thread's state (no code to
+    # run, no TLS) can start from it, checking the holder's thread id is its own.
+    gil_holder_addr: int = 0
 
 
-def frame_walk(layout: Layout) -> FrameWalk:
+def frame_walk(layout: Layout, runtime_addr: int = 0) -> FrameWalk:
+    """Frame offsets for ``layout``; with ``runtime_addr`` (the target's
+    ``_PyRuntime``) also where the GIL's holder is."""
     if layout.get("tstate.current_frame") is not None:  # 3.13+
         path: tuple[int, ...] = (layout.tstate_current_frame,)
     else:  # 3.11/3.12: through the thread's current C frame
         path = (layout.tstate_cframe, layout.cframe_current_frame)
+    holder = layout.get("runtime.gil_last_holder")
     return FrameWalk(path, layout.frame_previous, layout.frame_localsplus, layout.frame_owner,
-                     layout.get("frame.owner_cstack", -1))
+                     layout.get("frame.owner_cstack", -1), layout.tstate_native_thread_id,
+                     runtime_addr + holder if runtime_addr and holder is not None else 0)

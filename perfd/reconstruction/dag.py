@@ -278,7 +278,8 @@ class DagSource:
 
     def frame_walk(self) -> FrameWalk:
         """The target's frame offsets, for probes that name the node calling them."""
-        return frame_walk(self._slow[0].layout)
+        reader = self._slow[0]
+        return frame_walk(reader.layout, reader.interp.runtime_addr)
 
     def _node(self, node_id: str) -> NodeStats:
         stats = self.stats.get(node_id)

@@ -30,6 +30,7 @@ class _Frame:
     op_id: int
     sp: int
     start_ns: int
+    owner: int = 0
 
 
 @dataclass
@@ -48,7 +49,7 @@ class CallPairer:
     stats: PairingStats = field(default_factory=PairingStats)
     _stacks: dict[int, list[_Frame]] = field(default_factory=dict)
 
-    def entry(self, tid: int, op_id: int, sp: int, ts_ns: int) -> None:
+    def entry(self, tid: int, op_id: int, sp: int, ts_ns: int, owner: int = 0) -> None:
         stack = self._stacks.setdefault(tid, [])
         # A frame at or below this call's stack pointer cannot be a live caller
         # (stacks grow down): its return was lost. Drop it (as the BPF side does).
@@ -58,7 +59,7 @@ class CallPairer:
         if len(stack) >= self.max_depth:
             stack.pop(0)
             self.stats.abandoned_entries += 1
-        stack.append(_Frame(op_id, sp, ts_ns))
+        stack.append(_Frame(op_id, sp, ts_ns, owner))
 
     def ret(self, tid: int, sp: int, ts_ns: int) -> OpEvent | None:
         stack = self._stacks.get(tid)
@@ -69,7 +70,8 @@ class CallPairer:
                     frame = stack[i]
                     self.stats.abandoned_entries += len(stack) - 1 - i
                     del stack[i:]
-                    return OpEvent(tid, self.ops[frame.op_id], frame.start_ns, max(0, ts_ns - frame.start_ns), i)
+                    return OpEvent(tid, self.ops[frame.op_id], frame.start_ns, max(0, ts_ns - frame.start_ns), i,
+                                   frame.owner)
         self.stats.unmatched_returns += 1
         return None
 

@@ -83,7 +83,7 @@ class UprobeSource:
         self.registry = registry
         self.requested = backend
         self.spec = spec if spec is not None else load_spec()
-        self.walk = walk  # the target's frame offsets: bcc entries then name the node calling them
+        self.walk = walk  # the target's frame offsets: entries then name the node calling them
         self._watched: tuple[dict[int, int], set[int]] = ({}, set())
         self.aggregator = OpAggregator(attribute)
         self.resolution: Resolution | None = None
@@ -160,7 +160,7 @@ class UprobeSource:
                     raise
                 self.fallback_reason = str(e)
                 log.info("uprobes: %s; falling back to tracefs", e)
-        tracefs_backend = TracefsBackend(self.pid, res, self._on_event)
+        tracefs_backend = TracefsBackend(self.pid, res, self._on_event, self.walk)
         tracefs_backend.start()
         return tracefs_backend
 
@@ -170,6 +170,9 @@ class UprobeSource:
             notes.append(f"not in {self.resolution.library}: {', '.join(self.resolution.missing)}")
         if self.fallback_reason:
             notes.append(f"tracefs backend ({self.fallback_reason})")
+        backend = self.backend
+        if isinstance(backend, TracefsBackend) and self.walk is not None and not backend.frame_depth:
+            notes.append(f"ops placed from samples only: the kernel took no frame arguments ({backend.frames_refused})")
         return "; ".join(notes) or None
 
     def watch(self, tstates: dict[int, int], owners: set[int]) -> None:

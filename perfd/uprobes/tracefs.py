@@ -10,6 +10,14 @@ trace buffer. Names carry the owning perfd's PID — group
 The kernel filters events to the target's threads (``set_event_pid`` with
 ``event-fork``, which follows new threads); the tgid recorded on every line is
 checked again here.
+
+A tracefs probe runs no code, but its fetch arguments can follow pointers in
+the target. Given the target's frame offsets (``perfd.cpython.layouts.frame_walk``),
+each entry fetches the GIL holder's thread id and, from the holder's thread
+state, the first local of each of its innermost frames: when the holder is the
+calling thread (an Open3D op is called with the GIL held), the first of those
+locals that is a watched node names the node calling the op — as the bcc
+probe's walk does, but only as deep as the kernel lets one argument reach.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from perfd.cpython.layouts import FrameWalk
 from perfd.uprobes.events import CallPairer, OpEvent, PairingStats
 from perfd.uprobes.symbols import ProbePoint, Resolution
 
@@ -30,6 +39,12 @@ GROUP_PREFIX = "perfd_"
 INSTANCE_PREFIX = "perfd-"
 NS_PER_US = 1000
 READ_INTERVAL_S = 0.1
+# What the kernel takes in one fetch argument (kernel/trace/trace_probe.h):
+# MAX_ARGSTR_LEN characters, and a bounded program — on 6.1 a dereference
+# chain of 12, counting ``@ADDR`` as two. Probed here: one frame deeper fails.
+MAX_ARG_CHARS = 63
+MAX_DEREFS = 12
+MAX_FRAMES = 12  # as the bcc walk
 
 
 class TracefsError(OSError):
@@ -65,13 +80,66 @@ def write_control(path: Path, text: str, append: bool = False) -> None:
         raise TracefsError(e.errno, f"writing {text!r} to {path}: {e.strerror}") from None
 
 
+# --- frame fetch arguments ---------------------------------------------------------
+
+
+def frame_args(walk: FrameWalk | None, max_frames: int = MAX_FRAMES) -> list[str]:
+    """Fetch arguments for an entry probe: the GIL holder's thread id before
+    (``ht``) and after (``hu``) the frames, and for each innermost frame its
+    address (``f<i>``), first local (``l<i>``) and, where the version has
+    C-stack shims, owner byte (``o<i>``). The addresses say where the chain
+    ends: an argument whose fetch faults is left holding stale buffer bytes."""
+    if walk is None or not walk.gil_holder_addr or walk.tstate_native_tid < 0:
+        return []
+    holder = f"@{walk.gil_holder_addr:#x}"  # @ADDR fetches the word at ADDR: the holder's PyThreadState*
+    tid = f"+{walk.tstate_native_tid}({holder}):u32"
+    args = [f"ht={tid}"]
+    frame = holder
+    for off in walk.tstate_to_frame:
+        frame = f"+{off}({frame})"
+    derefs = 2 + len(walk.tstate_to_frame)
+    for i in range(max_frames):
+        local = f"+{walk.localsplus}({frame})"
+        if derefs + 1 > MAX_DEREFS or len(local) > MAX_ARG_CHARS:
+            break
+        args += [f"f{i}={frame}:x64", f"l{i}={local}:x64"]
+        if walk.owner_cstack >= 0:
+            args.append(f"o{i}=+{walk.owner}({frame}):u8")
+        frame = f"+{walk.previous}({frame})"
+        derefs += 1
+    args.append(f"hu={tid}")
+    return args
+
+
+def _depth(args: list[str]) -> int:
+    return sum(a.startswith("f") for a in args)
+
+
+def frame_owner(tid: int, args: dict[str, int], owners: frozenset[int] | set[int], owner_cstack: int) -> int:
+    """The first watched object among the fetched frames' first locals, innermost
+    first, C-stack shims skipped; 0 unless the GIL holder was the calling thread
+    both before and after the frames were read (then they are its own frames,
+    which cannot change while it is inside the probed call)."""
+    if args.get("ht") != tid or args.get("hu") != tid:
+        return 0
+    for i in range(MAX_FRAMES):
+        local = args.get(f"l{i}")
+        if local is None or not args.get(f"f{i}"):
+            return 0
+        if owner_cstack >= 0 and args.get(f"o{i}") == owner_cstack:
+            continue
+        if local in owners:
+            return local
+    return 0
+
+
 # --- the trace_pipe line parser (sans-IO) -------------------------------------
 
 # "   python-5772    (   5772) [000] DBZff   632.412540: vds_0: (0x7f46d0adc3b0) sp=0x7ffe3614e278"
 _LOST = re.compile(rb"\[LOST (\d+) EVENTS\]")
 _LINE = re.compile(
     r"^\s*.+?-(?P<tid>\d+)\s+\(\s*(?P<tgid>\d+|-+)\)\s+\[\d+\]\s+\S+\s+"
-    r"(?P<sec>\d+)\.(?P<usec>\d{6}): (?P<event>\w+): \([^)]*\) sp=0x(?P<sp>[0-9a-f]+)"
+    r"(?P<sec>\d+)\.(?P<usec>\d{6}): (?P<event>\w+): \([^)]*\) sp=0x(?P<sp>[0-9a-f]+)(?P<args>.*)$"
 )
 
 
@@ -82,6 +150,7 @@ class ProbeHit:
     ts_ns: int
     event: str
     sp: int
+    args: dict[str, int]  # fetch arguments after sp (see frame_args)
 
 
 def parse_line(line: str) -> ProbeHit | None:
@@ -89,20 +158,31 @@ def parse_line(line: str) -> ProbeHit | None:
     if not m:
         return None
     tgid = m["tgid"]
+    args = {}
+    for word in m["args"].split():
+        name, _, value = word.partition("=")
+        try:
+            args[name] = int(value, 0)
+        except ValueError:
+            pass  # "(fault)" and the like: not fetched
     return ProbeHit(
         tid=int(m["tid"]),
         tgid=int(tgid) if tgid.isdigit() else None,
         ts_ns=int(m["sec"]) * 1_000_000_000 + int(m["usec"]) * NS_PER_US,
         event=m["event"],
         sp=int(m["sp"], 16),
+        args=args,
     )
 
 
 class TraceLineDecoder:
     """Bytes from trace_pipe in, completed ``OpEvent``s out."""
 
-    def __init__(self, target_pid: int, ops: list[str], entry_ids: dict[str, int], return_names: set[str]) -> None:
+    def __init__(self, target_pid: int, ops: list[str], entry_ids: dict[str, int], return_names: set[str],
+                 owner_cstack: int = -1) -> None:
         self.target_pid = target_pid
+        self.owner_cstack = owner_cstack
+        self.owners: frozenset[int] = frozenset()  # watched objects (nodes) entries may name
         self.entry_ids = entry_ids  # event name -> op_id
         self.return_names = return_names
         self.pairer = CallPairer(ops)
@@ -131,7 +211,8 @@ class TraceLineDecoder:
                 continue
             op_id = self.entry_ids.get(hit.event)
             if op_id is not None:
-                self.pairer.entry(hit.tid, op_id, hit.sp, hit.ts_ns)
+                owner = frame_owner(hit.tid, hit.args, self.owners, self.owner_cstack) if hit.args else 0
+                self.pairer.entry(hit.tid, op_id, hit.sp, hit.ts_ns, owner)
             elif hit.event in self.return_names:
                 ev = self.pairer.ret(hit.tid, hit.sp, hit.ts_ns)
                 if ev is not None:
@@ -152,8 +233,10 @@ class TracefsBackend:
 
     name = "tracefs"
 
-    def __init__(self, pid: int, resolution: Resolution, on_event: Callable[[OpEvent], None]) -> None:
+    def __init__(self, pid: int, resolution: Resolution, on_event: Callable[[OpEvent], None],
+                 walk: FrameWalk | None = None) -> None:
         self.pid = pid
+        self.walk = walk
         self.resolution = resolution
         self.on_event = on_event
         self.root = tracefs_root()
@@ -166,7 +249,9 @@ class TracefsBackend:
         self._drain_lock = threading.Lock()
         entry_ids: dict[str, int] = {}
         returns: set[str] = set()
-        self._definitions: list[str] = []
+        self._points: list[tuple[str, str, str]] = []  # (return event, entry event, "path:offset")
+        self.frame_depth = 0  # frames each entry reads (0: entries name no node)
+        self.frames_refused: str | None = None  # why the kernel took no frame arguments
         lib = resolution.library
         assert lib is not None, "resolve Open3D before starting a backend"
         # uprobe_events takes the path in perfd's mount namespace.
@@ -175,11 +260,9 @@ class TracefsBackend:
             entry, ret = _event_names(point, i)
             entry_ids[entry] = point.op_id
             returns.add(ret)
-            # Returns first: a call entered between the two writes then has a
-            # return without an entry (ignored), never an entry without a return.
-            self._definitions.append(f"r:{self.group}/{ret} {host_lib}:{point.file_offset:#x} sp=%sp")
-            self._definitions.append(f"p:{self.group}/{entry} {host_lib}:{point.file_offset:#x} sp=%sp")
-        self.decoder = TraceLineDecoder(pid, resolution.ops, entry_ids, returns)
+            self._points.append((ret, entry, f"{host_lib}:{point.file_offset:#x}"))
+        self.decoder = TraceLineDecoder(pid, resolution.ops, entry_ids, returns,
+                                        walk.owner_cstack if walk is not None else -1)
 
     @property
     def stats(self) -> PairingStats:
@@ -204,9 +287,24 @@ class TracefsBackend:
         write_control(self.instance / "trace_clock", "mono")  # same clock as bpf_ktime_get_ns
         write_control(self.instance / "options" / "record-tgid", "1")
         write_control(self.instance / "options" / "event-fork", "1")
-        for line in self._definitions:
-            write_control(self.root / "uprobe_events", line, append=True)
-            self._defined.append(line.split()[0].split(":", 1)[1])
+        args = frame_args(self.walk)
+        for ret, entry, where in self._points:
+            # Returns first: a call entered between the two writes then has a
+            # return without an entry (ignored), never an entry without a return.
+            self._define(f"r:{self.group}/{ret} {where} sp=%sp")
+            while True:
+                try:
+                    self._define(" ".join([f"p:{self.group}/{entry} {where} sp=%sp", *args]))
+                    break
+                except TracefsError as e:
+                    if not args or e.errno not in (errno.E2BIG, errno.EINVAL):
+                        raise
+                    # a kernel with tighter limits: one frame less, down to none
+                    self.frames_refused = e.strerror
+                    args = frame_args(self.walk, max(0, _depth(args) - 1))
+                    if len(args) <= 2:
+                        args = []
+        self.frame_depth = _depth(args)
         self._set_pids()
         self._fd = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         try:
@@ -218,6 +316,10 @@ class TracefsBackend:
                                    "('ref_ctr_offset mismatch' in dmesg)") from None
             raise
         self._set_pids()  # threads started meanwhile
+
+    def _define(self, line: str) -> None:
+        write_control(self.root / "uprobe_events", line, append=True)
+        self._defined.append(line.split()[0].split(":", 1)[1])
 
     def _set_pids(self) -> None:
         try:
@@ -233,8 +335,9 @@ class TracefsBackend:
             self.drain()
 
     def watch(self, tstates: dict[int, int], owners: set[int]) -> None:
-        """No-op: a tracefs probe runs no code, so it cannot walk a thread's
-        frames; its events are placed from samples (see DagSource.attribute)."""
+        """Objects (nodes) an entry may name. Thread states are not needed: the
+        probe starts from the GIL holder and checks it is the calling thread."""
+        self.decoder.owners = frozenset(owners)
 
     def drain(self) -> None:
         """Consume what is buffered now."""

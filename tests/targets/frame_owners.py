@@ -9,6 +9,9 @@ go past frames that are not the owner's:
   shim frame in the chain, which has no locals and must be skipped).
 The main thread also calls it from module-level code: no owner there.
 
+With ``pydll`` the calls keep the GIL held (``ctypes.PyDLL``, as an Open3D
+op is called); by default ctypes releases it around each call.
+
 Prints ``READY``, one ``OWNER <name> <id(obj)> <native tid> <calls>`` line per
 owner, ``MAIN <native tid> <calls>``; each SIGUSR1 runs one round and prints
 ``DONE``.
@@ -19,7 +22,7 @@ import signal
 import sys
 import threading
 
-libc = ctypes.CDLL("libc.so.6")
+libc = (ctypes.PyDLL if sys.argv[1:] == ["pydll"] else ctypes.CDLL)("libc.so.6")
 ROUNDS = {"direct": 30, "nested": 40, "via_c": 50}
 MAIN_CALLS = 20
 
