@@ -23,6 +23,7 @@ probe's walk does, but only as deep as the kernel lets one argument reach.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import threading
@@ -34,11 +35,16 @@ from perfd.cpython.layouts import FrameWalk
 from perfd.uprobes.events import CallPairer, OpEvent, PairingStats
 from perfd.uprobes.symbols import ProbePoint, Resolution
 
+log = logging.getLogger(__name__)
+
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 GROUP_PREFIX = "perfd_"
 INSTANCE_PREFIX = "perfd-"
 NS_PER_US = 1000
 READ_INTERVAL_S = 0.1
+BUSY_READ_INTERVAL_S = 0.01  # after a drain of BUSY_BYTES or more: the buffer fills fast
+BUSY_BYTES = 256 << 10
+FRAMES_BUFFER_KB = 4096  # per CPU, when entries carry frames (~4x the bytes of a bare entry)
 # What the kernel takes in one fetch argument (kernel/trace/trace_probe.h):
 # MAX_ARGSTR_LEN characters, and a bounded program — on 6.1 a dereference
 # chain of 12, counting ``@ADDR`` as two. Probed here: one frame deeper fails.
@@ -305,6 +311,11 @@ class TracefsBackend:
                     if len(args) <= 2:
                         args = []
         self.frame_depth = _depth(args)
+        if self.frame_depth:
+            try:
+                write_control(self.instance / "buffer_size_kb", str(FRAMES_BUFFER_KB))
+            except TracefsError as e:  # no memory for it: the default buffer, drained more often when busy
+                log.info("tracefs: keeping the default buffer (%s)", e)
         self._set_pids()
         self._fd = os.open(self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
         try:
@@ -331,26 +342,30 @@ class TracefsBackend:
     def _read_loop(self) -> None:
         # A timer, not poll(): a reader blocked in poll is woken by every
         # event and would preempt the target's thread right after the call.
-        while not self._stop.wait(READ_INTERVAL_S):
-            self.drain()
+        interval = READ_INTERVAL_S
+        while not self._stop.wait(interval):
+            interval = BUSY_READ_INTERVAL_S if self.drain() >= BUSY_BYTES else READ_INTERVAL_S
 
     def watch(self, tstates: dict[int, int], owners: set[int]) -> None:
         """Objects (nodes) an entry may name. Thread states are not needed: the
         probe starts from the GIL holder and checks it is the calling thread."""
         self.decoder.owners = frozenset(owners)
 
-    def drain(self) -> None:
-        """Consume what is buffered now."""
+    def drain(self) -> int:
+        """Consume what is buffered now; returns the bytes read."""
+        total = 0
         with self._drain_lock:
             while self._fd is not None:
                 try:
                     data = os.read(self._fd, 1 << 16)
                 except OSError:  # EAGAIN: empty
-                    return
+                    break
                 if not data:
-                    return
+                    break
+                total += len(data)
                 for ev in self.decoder.feed(data):
                     self.on_event(ev)
+        return total
 
     def stop(self) -> None:
         """Disable, remove every event definition, remove the instance."""
