@@ -296,7 +296,7 @@ class DagSource:
     def attribute(self, ev: OpEvent) -> str | None:
         """The node whose call ran this Open3D op call (None: cannot tell).
 
-        Best evidence first: the node object the bcc probe found as ``self`` in
+        Best evidence first: the node object the entry probe (either backend) found as ``self`` in
         the calling thread's frames as the op began (exact). Then stack samples
         of the op's thread: one taken while the op ran, else the node the thread
         served both just before and just after it. Else the node calls in flight when
