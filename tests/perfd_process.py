@@ -79,9 +79,8 @@ class PerfdServer:
         """SIGTERM, the way systemd stops perfd (it detaches: probes, sockets
         go); SIGKILL only when it hangs, which would leave tracefs probes behind."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=5)
+                self.terminate()
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)

@@ -55,6 +55,30 @@ def read_header(target) -> tuple[dict[int, tuple[int, int]], tuple[int, int]]:
             return owners, (int(words[1]), int(words[2]))
 
 
+def _run_rounds(target, backend, events: Counter, watched_rounds, owners) -> list[Counter]:
+    """One SIGUSR1 round of the target's calls per entry of ``watched_rounds``
+    (the thread states the backend is told); the (tid, owner) counts of each."""
+    got = []
+    for watched in watched_rounds:
+        events.clear()
+        backend.watch(watched, set(owners))
+        os.kill(target.pid, signal.SIGUSR1)
+        assert target.proc.stdout.readline().strip() == "DONE"
+        time.sleep(0.3)  # every event reaches a reader (tracefs reads every 0.1 s)
+        backend.drain()
+        got.append(Counter(events))
+    return got
+
+
+def _expected(owners, main_tid: int, main_calls: int, named: set[int]) -> Counter:
+    """(tid, owner) counts when calls on the threads in ``named`` name their owner
+    and every other call (the main thread's included) names none."""
+    want = Counter({(main_tid, 0): main_calls})
+    for owner, (tid, calls) in owners.items():
+        want[(tid, owner if tid in named else 0)] += calls
+    return want
+
+
 @pytest.mark.parametrize("version", TARGET_VERSIONS)
 def test_entry_probe_names_the_owner_whose_method_called(spawn, version):
     check = next(c for c in check_backends() if c.backend == "bcc")
@@ -68,35 +92,15 @@ def test_entry_probe_names_the_owner_whose_method_called(spawn, version):
     events: Counter = Counter()
     backend = BccBackend(target.pid, libc_resolution(target.pid),
                          lambda ev: events.update([(ev.tid, ev.owner)]), walk=frame_walk(stacks.layout))
+    rounds = ({t: a for t, a in threads.items() if t != unknown_tid}, threads)
     backend.start()
     try:
-        for rnd, watched in enumerate(({t: a for t, a in threads.items() if t != unknown_tid}, threads)):
-            events.clear()
-            backend.watch(watched, set(owners))
-            os.kill(target.pid, signal.SIGUSR1)
-            assert target.proc.stdout.readline().strip() == "DONE"
-            time.sleep(0.05)
-            backend.drain()
-            want = Counter({(main_tid, 0): main_calls})
-            for owner, (tid, calls) in owners.items():
-                want[(tid, 0 if tid not in watched else owner)] += calls
-            assert events == want, f"round {rnd}"
+        got = _run_rounds(target, backend, events, rounds, owners)
     finally:
         backend.stop()
         stacks.close()
-
-
-def _run_rounds(target, backend, events: Counter, watched_rounds, owners) -> list[Counter]:
-    got = []
-    for watched in watched_rounds:
-        events.clear()
-        backend.watch(watched, set(owners))
-        os.kill(target.pid, signal.SIGUSR1)
-        assert target.proc.stdout.readline().strip() == "DONE"
-        time.sleep(0.3)  # > the tracefs reader's period
-        backend.drain()
-        got.append(Counter(events))
-    return got
+    for rnd, (watched, counts) in enumerate(zip(rounds, got)):
+        assert counts == _expected(owners, main_tid, main_calls, set(watched)), f"round {rnd}"
 
 
 @pytest.mark.parametrize("version", TARGET_VERSIONS)
@@ -120,10 +124,8 @@ def test_tracefs_entry_names_the_owner_from_the_gil_holders_frames(spawn, versio
             stacks.close()
         for rnd, counts in enumerate(got):
             if mode == "pydll":  # the GIL held across the call: every call placed
-                want = Counter({(main_tid, 0): main_calls})
-                for owner, (tid, calls) in owners.items():
-                    want[(tid, owner)] += calls
-                assert counts == want, f"{mode} round {rnd}"
+                every_owner = {tid for tid, _ in owners.values()}
+                assert counts == _expected(owners, main_tid, main_calls, every_owner), f"{mode} round {rnd}"
             else:  # released: the holder may be another thread, then no name; never a wrong one
                 by_tid = {tid: owner for owner, (tid, _) in owners.items()}
                 assert sum(counts.values()) == main_calls + sum(c for _, c in owners.values())

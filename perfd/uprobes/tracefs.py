@@ -93,8 +93,9 @@ def frame_args(walk: FrameWalk | None, max_frames: int = MAX_FRAMES) -> list[str
     """Fetch arguments for an entry probe: the GIL holder's thread id before
     (``ht``) and after (``hu``) the frames, and for each innermost frame its
     address (``f<i>``), first local (``l<i>``) and, where the version has
-    C-stack shims, owner byte (``o<i>``). The addresses say where the chain
-    ends: an argument whose fetch faults is left holding stale buffer bytes."""
+    C-stack shims, owner byte (``o<i>``); none when not even one frame fits.
+    The addresses say where the chain ends: an argument whose fetch faults is
+    left holding stale buffer bytes."""
     if walk is None or not walk.gil_holder_addr or walk.tstate_native_tid < 0:
         return []
     holder = f"@{walk.gil_holder_addr:#x}"  # @ADDR fetches the word at ADDR: the holder's PyThreadState*
@@ -113,6 +114,8 @@ def frame_args(walk: FrameWalk | None, max_frames: int = MAX_FRAMES) -> list[str
             args.append(f"o{i}=+{walk.owner}({frame}):u8")
         frame = f"+{walk.previous}({frame})"
         derefs += 1
+    if len(args) == 1:
+        return []  # no frame fits: the holder's thread id alone names nothing
     args.append(f"hu={tid}")
     return args
 
@@ -307,9 +310,7 @@ class TracefsBackend:
                         raise
                     # a kernel with tighter limits: one frame less, down to none
                     self.frames_refused = e.strerror
-                    args = frame_args(self.walk, max(0, _depth(args) - 1))
-                    if len(args) <= 2:
-                        args = []
+                    args = frame_args(self.walk, _depth(args) - 1)
         self.frame_depth = _depth(args)
         if self.frame_depth:
             try:
