@@ -44,7 +44,7 @@ NS_PER_US = 1000
 READ_INTERVAL_S = 0.1
 BUSY_READ_INTERVAL_S = 0.01  # after a drain of BUSY_BYTES or more: the buffer fills fast
 BUSY_BYTES = 256 << 10
-FRAMES_BUFFER_KB = 4096  # per CPU, when entries carry frames (~4x the bytes of a bare entry)
+FRAMES_BUFFER_KB = 4096  # per CPU, when entries carry frames (up to 26 more values each)
 # What the kernel takes in one fetch argument (kernel/trace/trace_probe.h):
 # MAX_ARGSTR_LEN characters, and a bounded program — on 6.1 a dereference
 # chain of 12, counting ``@ADDR`` as two. Probed here: one frame deeper fails.
