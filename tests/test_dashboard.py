@@ -290,10 +290,10 @@ def test_flame_graph_renders_a_real_collapsed_profile(browser, published, spawn,
     """Collapsed stacks recorded by py-spy from a live target: the format /api/profile serves."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
     require("py-spy", py_spy is not None)
-    target = spawn("idle.py", version="3.12")
+    target = spawn("idle.py", version="3.12")  # its threads sleep: --idle keeps their stacks
     out = tmp_path / "profile.txt"
     subprocess.run([py_spy, "record", "--pid", str(target.pid), "--duration", "1", "--rate", "200",
-                    "--format", "raw", "--nonblocking", "--output", str(out)],
+                    "--format", "raw", "--idle", "--nonblocking", "--output", str(out)],
                    check=True, capture_output=True, timeout=30)
     text = out.read_text()
     assert "worker_loop" in text
