@@ -212,12 +212,37 @@ class AwaitChains:
             stacktop = code.nlocalsplus
         if not 0 <= stacktop <= MAX_SLOTS:
             raise _Unreadable
+        instr = _Q.unpack_from(frame_hdr, L.frame_instr)[0]
         try:
             slots = self.mem.read(gen + self._start + self._slots_at, 8 * stacktop) if stacktop else b""
+            # A suspended coroutine may resume, finish and free its locals between
+            # the two reads: its slots are then stale pointers (to objects whose
+            # memory is already reused). Still suspended at the same instruction
+            # after the slots were read means they were its live locals.
+            if state == "suspended" and not self._still(gen, instr, stacktop):
+                raise _Unreadable
         except MemoryReadError:
             raise _Unreadable from None
         delegate = _Q.unpack_from(slots, 8 * (stacktop - 1))[0] if state == "suspended" and stacktop else 0
-        return Level(gen, frame, state, _Q.unpack_from(frame_hdr, L.frame_instr)[0], stacktop, delegate, slots)
+        return Level(gen, frame, state, instr, stacktop, delegate, slots)
+
+    def holds(self, level: Level) -> bool:
+        """Whether ``level`` still holds the locals it was read with: objects
+        reached through them since are then known to have been alive."""
+        try:
+            if level.state == "suspended":
+                return self._still(level.gen, level.instr, level.stacktop)
+            return self.gens.states([level.gen])[level.gen] in ("running", "suspended")
+        except MemoryReadError:
+            return False
+
+    def _still(self, gen: int, instr: int, stacktop: int) -> bool:
+        """Whether ``gen`` is suspended at ``instr`` with ``stacktop`` slots now."""
+        head = self.mem.read(gen + self._start, self._slots_at)
+        frame = head[self._frame_at:]
+        return (self.gens.state_of_byte(head[self._state_at]) == "suspended"
+                and _Q.unpack_from(frame, self.L.frame_instr)[0] == instr
+                and _I.unpack_from(frame, self.L.frame_stacktop)[0] == stacktop)
 
     def _gather_children(self, fut: int) -> tuple[int, ...]:
         kind = self.objects.type_name(fut)

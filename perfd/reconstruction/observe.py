@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import replace
 
-from perfd.cpython.chains import Chain, Level
+from perfd.cpython.chains import AwaitChains, Chain, Level
 from perfd.cpython.objects import Failure
 from perfd.cpython.sample import Frame, Sample, ThreadStack
 from perfd.cpython.stacks import StackReader
@@ -35,6 +35,7 @@ class NodeCallFinder:
         self.stacks = stacks
         self._is_entry: dict[int, bool] = {}  # code address -> node-entry?
         self._slots: dict[int, tuple[int, int, int]] = {}  # code address -> (id, node, payload) local indices
+        self.levels: dict[tuple[int, int], Level] = {}  # call key -> the level it was read from
         self._strings: dict[int, str] = {}  # node-id str objects (immutable; owned by the registry)
         self._self_slot: dict[int, int | None] = {}  # code address -> index of a "self" local
         self._found: dict[int, tuple[Chain, int, list[CallObservation]]] = {}  # root -> calls at a chain version
@@ -80,6 +81,9 @@ class NodeCallFinder:
             for obs in found:
                 out.append(replace(obs, parent=parent))
                 parent = obs.key
+        if len(self.levels) > len(out):
+            current = {o.key for o in out}
+            self.levels = {k: v for k, v in self.levels.items() if k in current}
         return out
 
     def running_entry_gens(self, sample: Sample) -> set[int]:
@@ -98,11 +102,17 @@ class NodeCallFinder:
         node_id = self._string(id_ptr)
         if node_id is None:
             return None
-        return CallObservation((level.gen, payload_ptr), node_id, None, node_ptr, chain.root)
+        key = (level.gen, payload_ptr)
+        self.levels[key] = level
+        return CallObservation(key, node_id, None, node_ptr, chain.root)
 
-    def point_count(self, payload: int) -> int | None:
-        """Points in a payload; read once, when its call is born (payloads are per call)."""
-        return point_count(self.stacks, payload, self.entry.points_key)
+    def point_count(self, key: tuple[int, int], chains: AwaitChains) -> int | None:
+        """Points in the payload of call ``key``; read once, when it is born
+        (payloads are per call). None when its frame moved on meanwhile: the
+        payload may have been freed and its memory reused by another one."""
+        points = point_count(self.stacks, key[1], self.entry.points_key)
+        level = self.levels.get(key)
+        return points if level is not None and chains.holds(level) else None
 
     def _local_slots(self, frame: Frame) -> tuple[int, int, int] | None:
         slots = self._slots.get(frame.code_addr)

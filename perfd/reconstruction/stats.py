@@ -35,7 +35,8 @@ class NodeStats:
 
     def finished(self, call: CompletedCall) -> None:
         self.calls_total += 1
-        self.completed.append((call.end_mono, call.points or 0))
+        if call.points is not None:  # unread points are estimated from the others (throughput_pps)
+            self.completed.append((call.end_mono, call.points))
         ms = call.duration_s * 1000.0
         if call.uncertainty > max(MAX_TIMING_UNCERTAINTY_S, MAX_TIMING_UNCERTAINTY_SHARE * call.duration_s):
             self.untimed_calls += 1
