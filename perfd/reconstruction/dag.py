@@ -208,7 +208,7 @@ class DagSource:
         with self._lock:
             born, done = self.tracker.observe(mono_ns / 1e9, wall, observations, complete, alive)
             for call in born:
-                call.points = finder.point_count(call.key[1])
+                call.points = finder.point_count(call.key, chains)
                 self._node(call.node_id).started(call)
             for call in done:
                 self._node(call.node_id).finished(call)
@@ -419,8 +419,12 @@ class DagSource:
                             "untimed_calls": self._node(n).untimed_calls,
                             "coverage": round(self._node(n).calls_total / c, 3) if c else None}
                         for n, c in exact.items()}
-        self.registry.publish_dag(DagMetrics(nodes=nodes, total_nodes=len(state.nodes),
-                                             running_nodes=sum(1 for n in running.values() if n)))
+            # Published under the lock: the tracker thread publishes on every call
+            # event and the publisher thread on its timer; a section built before
+            # the other thread's and stored after it would show stale numbers
+            # until the next call event (a frame period later).
+            self.registry.publish_dag(DagMetrics(nodes=nodes, total_nodes=len(state.nodes),
+                                                 running_nodes=sum(1 for n in running.values() if n)))
         self.registry.update_system(queue_depth=queue_depth)
         return coverage
 
