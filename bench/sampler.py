@@ -2,11 +2,14 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, alternating windows measure the target's own work
-rate with nothing attached, with perfd's Sampler (in this process), and with
-``py-spy record --nonblocking`` (a separate process); slowdown is relative to
-the mean of the baseline windows, whose spread is the noise. Also prints
-perfd's CPU per sample and its maximum sustained rate (flat out, one core).
+CPython. For each rate, windows alternate B P B S B P B S B … — the target's
+own work rate with nothing attached (B), with perfd's Sampler in this process
+(P), with ``py-spy record --nonblocking`` (S). Each P or S window is compared
+with the mean of the two B windows around it, so slow drifts of a shared host
+cancel; the slowdown is the mean of those paired ratios with its 95%
+confidence interval (Student's t). "Within noise" means the interval holds 0.
+Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
+one core).
 
 Usage: python bench/sampler.py [--python 3.12] [--window 2] [--repeats 2] [--rates 100,250,1000]
 """
@@ -127,6 +130,25 @@ def max_rate(target: BenchTarget, seconds: float = 2.0) -> tuple[float, float]:
     return n / cpu, 1e6 * cpu / n
 
 
+# two-sided 95% Student's t quantiles by degrees of freedom (beyond 30: the normal's)
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
+        12: 2.18, 15: 2.13, 20: 2.09, 25: 2.06, 30: 2.04}
+
+
+def slowdown(rows: list[dict]) -> str:
+    """Mean paired slowdown (1 - work / mean of the neighbouring baselines) and its 95% CI."""
+    paired = [100 * (1 - r["work"] / statistics.mean(r["base"])) for r in rows if statistics.mean(r["base"])]
+    if not paired:
+        return "n/a"
+    mean = statistics.mean(paired)
+    if len(paired) < 2:
+        return f"{mean:+.1f}"
+    df = len(paired) - 1
+    t = _T95[max(k for k in _T95 if k <= df)] if df <= 30 else 1.96
+    half = t * statistics.stdev(paired) / len(paired) ** 0.5
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--python", default="3.12")
@@ -144,29 +166,27 @@ def main() -> int:
               f"windows of {args.window:g}s x {args.repeats}")
         flat_hz, flat_us = max_rate(target)
         print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
-        header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown %':>10} | "
-                  f"{'py-spy CPU %':>12} {'slowdown %':>10} | {'baseline spread %':>17}")
+        header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
+                  f"{'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | {'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, spy = [], [], []
+            base, perfd, spy = [target.work_rate(args.window)], [], []
             for _ in range(args.repeats):
-                base.append(target.work_rate(args.window))
                 perfd.append(with_perfd(target, rate, args.window))
-                base.append(target.work_rate(args.window))
+                perfd[-1]["base"] = (base[-1], target.work_rate(args.window))
+                base.append(perfd[-1]["base"][1])
                 s = with_pyspy(target, rate, args.window)
                 if s:
+                    s["base"] = (base[-1], target.work_rate(args.window))
+                    base.append(s["base"][1])
                     spy.append(s)
             b = statistics.mean(base)
             spread = 100 * (max(base) - min(base)) / b if b else 0.0
-
-            def slow(rows: list[dict]) -> str:
-                return f"{100 * (1 - statistics.mean(r['work'] for r in rows) / b):+.1f}" if rows and b else "n/a"
-
             pm = {k: statistics.mean(r[k] for r in perfd) for k in ("achieved", "us_per_sample", "cpu", "failed")}
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
             print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
-                  f"{100 * pm['failed']:>6.2f} {slow(perfd):>10} | {spy_cpu:>12} {slow(spy):>10} | {spread:>17.1f}")
+                  f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | {spy_cpu:>12} {slowdown(spy):>21} | {spread:>17.1f}")
     finally:
         target.stop()
     return 0
