@@ -2,12 +2,15 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, windows alternate B P B S B P B S B … — the target's
-own work rate with nothing attached (B), with perfd's Sampler in this process
-(P), with ``py-spy record --nonblocking`` (S). Each P or S window is compared
-with the mean of the two B windows around it, so slow drifts of a shared host
-cancel; the slowdown is the mean of those paired ratios with its 95%
-confidence interval (Student's t). "Within noise" means the interval holds 0.
+CPython. For each rate, windows alternate B P B C B S B P B C B S B … — the
+target's own work rate with nothing attached (B), with perfd's Sampler in
+this process (P), with a control thread that wakes at the same rate and only
+burns the CPU perfd's last window took per sample, touching nothing of the
+target (C), and with ``py-spy record --nonblocking`` (S). Each P, C or S
+window is compared with the mean of the two B windows around it, so slow
+drifts of a shared host cancel; the slowdown is the mean of those paired
+ratios with its 95% confidence interval (Student's t). "Within noise" means
+the interval holds 0; P close to C means the cost is CPU taken, not reads.
 Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
 one core).
 
@@ -85,6 +88,30 @@ def with_perfd(target: BenchTarget, rate: float, window: float) -> dict:
     sampler.stop()
     return {"work": work, "achieved": total / elapsed, "cpu": 100 * (c1 - c0) / elapsed,
             "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1)}
+
+
+def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: float) -> dict:
+    """The control: perfd's wakeups and CPU per sample, without reading the target."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        period, next_at = 1.0 / rate, time.monotonic()
+        while not stop.is_set():
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < burn_us / 1e6:
+                pass
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    work = target.work_rate(window)
+    stop.set()
+    thread.join()
+    return {"work": work}
 
 
 def _thread_cpu(sampler: Sampler) -> float:
@@ -167,26 +194,30 @@ def main() -> int:
         flat_hz, flat_us = max_rate(target)
         print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
-                  f"{'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | {'baseline spread %':>17}")
+                  f"{'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
+                  f"{'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, spy = [target.work_rate(args.window)], [], []
+            base, perfd, control, spy = [target.work_rate(args.window)], [], [], []
+
+            def paired(row: dict | None, into: list) -> None:
+                if row:
+                    row["base"] = (base[-1], target.work_rate(args.window))
+                    base.append(row["base"][1])
+                    into.append(row)
+
             for _ in range(args.repeats):
-                perfd.append(with_perfd(target, rate, args.window))
-                perfd[-1]["base"] = (base[-1], target.work_rate(args.window))
-                base.append(perfd[-1]["base"][1])
-                s = with_pyspy(target, rate, args.window)
-                if s:
-                    s["base"] = (base[-1], target.work_rate(args.window))
-                    base.append(s["base"][1])
-                    spy.append(s)
+                paired(with_perfd(target, rate, args.window), perfd)
+                paired(with_cpu_only(target, rate, args.window, perfd[-1]["us_per_sample"]), control)
+                paired(with_pyspy(target, rate, args.window), spy)
             b = statistics.mean(base)
             spread = 100 * (max(base) - min(base)) / b if b else 0.0
             pm = {k: statistics.mean(r[k] for r in perfd) for k in ("achieved", "us_per_sample", "cpu", "failed")}
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
             print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
-                  f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | {spy_cpu:>12} {slowdown(spy):>21} | {spread:>17.1f}")
+                  f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | {slowdown(control):>21} | "
+                  f"{spy_cpu:>12} {slowdown(spy):>21} | {spread:>17.1f}")
     finally:
         target.stop()
     return 0
