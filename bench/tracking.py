@@ -6,7 +6,9 @@ interleaved in rounds (the machine's noise hits every mode alike):
 1. Coverage (calls the tracker saw / exact calls from app state) per node on
    the default demo with the stack sampler at 250 Hz with uprobes, at 250 Hz
    without, and at 10 Hz without — how much of what the tracker misses is
-   perfd's own threads competing for its GIL. Also the tracker's worst gap.
+   perfd's own threads competing for its GIL — and with the tracker at
+   2 kHz instead of 1 kHz: how much is the look period. Also the tracker's
+   worst gap.
 2. On ``--chain 12``: perfd's mean exec time minus the truth's, per node at
    the top of the chain, with the tracker at 1 kHz and at 333 Hz — whether
    the timing offset is a constant or follows the look period.
@@ -25,8 +27,11 @@ from perfd.demo.launcher import Demo, DemoSpec, free_port
 from perfd.engine import AttachOptions, Engine
 from perfd.registry import Registry
 
+_DEFAULT_TRACK_HZ = dag_module.TRACK_HZ
 
-def _attached(demo: Demo, rate_hz: float, uprobes: bool) -> Engine:
+
+def _attached(demo: Demo, rate_hz: float, uprobes: bool, track_hz: float | None = None) -> Engine:
+    dag_module.TRACK_HZ = track_hz or _DEFAULT_TRACK_HZ  # read when the tracker thread starts
     engine = Engine(Registry(), AttachOptions(rate_hz=rate_hz, uprobes=uprobes, capture=False))
     engine.attach(demo.pid)
     return engine
@@ -37,7 +42,7 @@ def _perfd(engine: Engine) -> dict:
 
 
 def coverage(rounds: int, phase_s: float) -> None:
-    modes = [(250.0, True), (250.0, False), (10.0, False)]
+    modes = [(250.0, True, None), (250.0, False, None), (10.0, False, None), (250.0, False, 2000.0)]
     cover: dict[tuple, list[float]] = {}
     gaps: dict[tuple, list[float]] = {}
     names: dict[str, str] = {}
@@ -47,6 +52,7 @@ def coverage(rounds: int, phase_s: float) -> None:
         for _ in range(rounds):
             for mode in modes:
                 engine = _attached(demo, *mode)
+                dag_module.TRACK_HZ = _DEFAULT_TRACK_HZ
                 try:
                     time.sleep(4)  # calls in flight at attach are not counted
                     before = _perfd(engine).get("dag_calls") or {}
@@ -65,12 +71,12 @@ def coverage(rounds: int, phase_s: float) -> None:
                         cover.setdefault((nid, mode), []).append(seen / (a["exact_calls"] - b["exact_calls"]))
     finally:
         demo.stop()
-    label = {m: f"{m[0]:.0f} Hz{' + uprobes' if m[1] else ''}" for m in modes}
+    label = {m: f"{m[0]:.0f} Hz{' + uprobes' if m[1] else ''}{f', track {m[2]:.0f}' if m[2] else ''}" for m in modes}
     print(f"1. coverage, default demo (10 Hz x 65,536 points, one viewer), {rounds} x {phase_s:g} s per mode")
-    print(f"{'node':<27}" + "".join(f"{label[m]:>20}" for m in modes))
+    print(f"{'node':<27}" + "".join(f"{label[m]:>26}" for m in modes))
     for nid, name in names.items():
-        print(f"{name:<27}" + "".join(f"{statistics.fmean(cover.get((nid, m), [float('nan')])):>20.2f}" for m in modes))
-    print(f"{'tracker worst gap (ms)':<27}" + "".join(f"{max(gaps[m]):>20.1f}" for m in modes))
+        print(f"{name:<27}" + "".join(f"{statistics.fmean(cover.get((nid, m), [float('nan')])):>26.2f}" for m in modes))
+    print(f"{'tracker worst gap (ms)':<27}" + "".join(f"{max(gaps[m]):>26.1f}" for m in modes))
     print()
 
 
@@ -79,13 +85,11 @@ def chain_offset(rounds: int, phase_s: float) -> None:
     offsets: dict[tuple, list[float]] = {}
     names: dict[str, str] = {}
     demo = Demo(DemoSpec(app_port=free_port(), hz=5, points=16384, clients=0, chain=12)).start()
-    default_hz = dag_module.TRACK_HZ
     try:
         time.sleep(4)
         for _ in range(rounds):
             for hz in rates:
-                dag_module.TRACK_HZ = hz  # read when the tracker thread starts
-                engine = _attached(demo, 250.0, False)
+                engine = _attached(demo, 250.0, False, hz)
                 try:
                     time.sleep(phase_s)
                     ours = {n.node_id: n.avg_exec_ms for n in engine.registry.snapshot().dag.nodes}
@@ -96,7 +100,7 @@ def chain_offset(rounds: int, phase_s: float) -> None:
                         names[node["node_id"]] = node["node_name"]
                         offsets.setdefault((node["node_id"], hz), []).append(ours[node["node_id"]] - node["avg_exec_ms"])
     finally:
-        dag_module.TRACK_HZ = default_hz
+        dag_module.TRACK_HZ = _DEFAULT_TRACK_HZ
         demo.stop()
     print(f"2. perfd mean exec minus truth (ms), --chain 12 (5 Hz x 16,384 points), {rounds} x {phase_s:g} s per rate")
     print(f"{'node':<27}" + "".join(f"{f'tracker {hz:.0f} Hz':>20}" for hz in rates))
