@@ -6,13 +6,14 @@ process; perfd sees only packets. Capture starts first, then two viewers
 subscribe; over a 60 s window (≥ 40 s) the deltas of both must agree.
 
 Endpoint latency. perfd measures it on the wire (request's last byte in →
-response's first byte out), which includes the time a request waits in the
-socket and the event loop before the ASGI app is called. The demo's
-middleware starts its clock only when the app is called, so under load it
-reads lower. The test therefore holds perfd's latency to an independent
-client process that times its own requests (wall clock before ``send`` →
-kernel receive timestamp of the first response byte), and reports the
-middleware's number alongside.
+response's first byte out, SPEC §1), which includes the time a request waits
+in the socket and the event loop before the ASGI app is called; the demo's
+middleware starts its clock only when the app is called, so it reads lower —
+by 0.2–0.7 ms in our runs of this test, inside the issue's bound (±20% or
+±1 ms), which is asserted per endpoint. perfd's number is also held to what
+it claims to be: an independent client process that times its own requests
+(wall clock before ``send`` → kernel receive timestamp of the first response
+byte) must agree with it within the same bound.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def test_demo_two_viewers_40s_matches_ground_truth(demo_factory) -> None:  # noq
         assert abs(got["total_bytes"] - db_t) <= 0.005 * db_t, topic
     assert p_end["total_connections"] == 0
 
+    latency_checked: list[tuple[str, str]] = []
     for key, e in t_end["endpoints"].items():
         calls_t = e["calls_total"] - t_attach["endpoints"].get(key, {}).get("calls_total", 0)
         if calls_t == 0:
@@ -129,6 +131,10 @@ def test_demo_two_viewers_40s_matches_ground_truth(demo_factory) -> None:  # noq
               f"{e['avg_latency_ms']:.3f} ms, perfd (wire) {e_p['avg_latency_ms']:.3f} ms")
         assert abs(e_p["calls_total"] - calls_t) <= 2, (key, calls_t, e_p["calls_total"])
         assert e_p["last_status_code"] == e["last_status_code"], key
+        if calls_t >= 60:  # both rolling means are over the same 60 requests
+            latency_checked.append(key)
+            assert abs(e_p["avg_latency_ms"] - e["avg_latency_ms"]) <= max(1.0, 0.2 * e["avg_latency_ms"]), key
+    assert ("GET", "/api/topics") in latency_checked
     # the last 60 calls of /api/topics are all the probe's: same population on both sides
     client_ms = statistics.mean(probe_ms[-60:])
     wire_ms = p_end["endpoints"][("GET", "/api/topics")]["avg_latency_ms"]
