@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import threading
 
 from perfd.errors import MemoryReadError, NoSuchProcess, PermissionDenied
 
@@ -40,6 +41,7 @@ class ProcessMemory:
         self._mem_fd: int | None = None
         self._use_proc_mem = use_proc_mem
         self.reads = 0  # syscalls issued; samplers report cost with it
+        self._plans: dict[tuple[int, int, int], tuple] = {}  # (thread, batch start, parts) -> (parts, plan)
 
     def close(self) -> None:
         if self._mem_fd is not None:
@@ -96,19 +98,16 @@ class ProcessMemory:
         return out
 
     def _read_chunk(self, chunk: list[tuple[int, int]], out: list[bytes | None], base: int) -> bool:
-        valid = [(i, a, s) for i, (a, s) in enumerate(chunk) if 0 < a < _MAX_ADDR and s > 0]
+        # per thread: a reader may be shared, and the plan's buffer is filled in place
+        key = (threading.get_ident(), base, len(chunk))
+        plan = self._plans.get(key)
+        if plan is None or plan[0] != chunk:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            plan = self._plans[key] = (chunk, *self._plan(chunk))
+        _chunk, valid, buf, local, remote = plan
         if not valid:
             return True
-        total = sum(s for _, _, s in valid)
-        buf = ctypes.create_string_buffer(total)
-        local = (_IOVec * len(valid))()
-        remote = (_IOVec * len(valid))()
-        base_addr = ctypes.addressof(buf)
-        off = 0
-        for k, (_, addr, size) in enumerate(valid):
-            local[k].iov_base, local[k].iov_len = base_addr + off, size
-            remote[k].iov_base, remote[k].iov_len = addr, size
-            off += size
         self.reads += 1
         n = _process_vm_readv(self.pid, local, len(valid), remote, len(valid), 0)
         if n < 0:
@@ -124,6 +123,22 @@ class ProcessMemory:
             out[base + i] = raw[off : off + size]
             off += size
         return True
+
+    @staticmethod
+    def _plan(chunk: list[tuple[int, int]]) -> tuple[list[tuple[int, int, int]], ctypes.Array, ctypes.Array, ctypes.Array]:
+        """The iovecs for these parts and the buffer they fill. A sampler reads the
+        same parts sample after sample: the plan is kept and only the syscall repeats."""
+        valid = [(i, a, s) for i, (a, s) in enumerate(chunk) if 0 < a < _MAX_ADDR and s > 0]
+        buf = ctypes.create_string_buffer(max(1, sum(s for _, _, s in valid)))
+        local = (_IOVec * len(valid))()
+        remote = (_IOVec * len(valid))()
+        base_addr = ctypes.addressof(buf)
+        off = 0
+        for k, (_, addr, size) in enumerate(valid):
+            local[k].iov_base, local[k].iov_len = base_addr + off, size
+            remote[k].iov_base, remote[k].iov_len = addr, size
+            off += size
+        return valid, buf, local, remote
 
     def _proc_mem_works(self, addr: int, size: int) -> bool:
         try:

@@ -34,6 +34,11 @@ _q = struct.Struct("<q")
 _FRAME_READ = 80  # through localsplus[0]
 _CHUNK_SLACK = 2048  # read this much past last sample's datastack top (room for new frames)
 _CHUNK_MAX = 1 << 20
+# How far down last sample's stack a changed thread's frame is looked for, to
+# splice on the unchanged rest (StackReader._splice): the frames above it were
+# popped. Deeper unwinds walk the whole stack, as any first sample does.
+_SPLICE_DEPTH = 8
+_FRAME_CACHE_MAX = 1 << 14
 
 
 @dataclass(slots=True)
@@ -79,6 +84,23 @@ class _Walk:
     signature: tuple = ()
     reused: list[Frame] | None = None
     broken: bool = False  # last attempt only: this thread's chain could not be read; it alone is dropped
+    prior: "_Memo | None" = None  # this thread's last sample, whose outer frames may be spliced on
+    tail: int = -1  # position in prior.walk from which the prior's frames were spliced on, -1 if none
+
+
+@dataclass(slots=True)
+class _Memo:
+    """One thread's last sample: enough to skip an unchanged thread, or to keep
+    the unchanged outer part of a changed one."""
+
+    signature: tuple
+    frames: list[Frame]  # decoded, innermost first
+    heap: list[tuple[int, bytes]]  # frames outside datastack chunks: (address, bytes)
+    codes: dict[int, None]  # code objects the frames use
+    walk: list[tuple[int, bytes, int]]  # (frame address, buffer, offset), innermost first
+    ends: list[int]  # ends[k]: decoded frames from walk position k to the outermost
+    ranges: list[tuple[int, int, bytes]]  # datastack chunks as read
+    heap_at: list[int]  # walk positions of the heap frames
 
 
 class StackReader:
@@ -108,12 +130,12 @@ class StackReader:
         self._last_codes: list[int] = []
         # Frame records reused while (frame, code, instruction, owner) and the code stay the same
         self._frame_cache: dict[tuple[int, int, int, int], Frame] = {}
-        self._frame_cache_next: dict[tuple[int, int, int, int], Frame] = {}
-        self._memo: dict[int, tuple] = {}  # tstate -> (signature, frames, heap frame bytes) of last sample
+        self._memo: dict[int, _Memo] = {}  # tstate -> its last sample
         self.torn = 0  # samples that needed a retry
         self._had_stack: dict[int, bool] = {}  # survives retries, unlike the speculation state
         self.torn_threads = 0  # threads given up as suspect on the last attempt
         self.reused_threads = 0  # thread walks skipped because nothing changed
+        self.spliced_frames = 0  # frames of changed threads kept from the last sample (not walked again)
         self.reads_last = 0  # syscalls used by the last sample
 
     def close(self) -> None:
@@ -244,12 +266,13 @@ class StackReader:
             # Unchanged bytes (thread state, its chunks, its C frame, its heap frames) = unchanged stack.
             w.signature = (b, cfbuf, tuple(buf for _lo, _hi, buf in rng))
             memo = self._memo.get(t)
-            if (memo is not None and memo[0] == w.signature and (cfbuf or not cf)
-                    and all(exact.get(a) == hb for a, hb in memo[2])):
-                w.reused = memo[1]
+            if (memo is not None and memo.signature == w.signature and (cfbuf or not cf)
+                    and all(exact.get(a) == hb for a, hb in memo.heap)):
+                w.reused = memo.frames
                 w.done = True
                 self.reused_threads += 1
                 continue  # same bytes: same chunk plan and C frame as last time
+            w.prior = memo
             chunk = _Q.unpack_from(b, L.tstate_datastack_chunk)[0]
             top = _Q.unpack_from(b, L.tstate_datastack_top)[0]
             self._chunks[t] = plan = self._chunk_plan(chunk, top, rng)
@@ -291,7 +314,7 @@ class StackReader:
                 w.suspect = True
 
         # 4. walk frames, batching whatever is not in hand yet
-        heap_frames: list[int] = [a for w in walks if w.reused is not None for a, _ in self._memo[w.tstate][2]]
+        heap_frames: list[int] = [a for w in walks if w.reused is not None for a, _ in self._memo[w.tstate].heap]
         pending = [w for w in walks if w.next_frame]
         rounds = 0
         while pending:
@@ -329,7 +352,9 @@ class StackReader:
         code_at = L.frame_code
         for w in walks:
             if w.reused is not None:
-                code_addrs.update(self._memo[w.tstate][3])
+                code_addrs.update(self._memo[w.tstate].codes)
+            elif w.tail >= 0:
+                code_addrs.update(w.prior.codes)  # a superset of the spliced frames' codes
             for _addr, buf, off in w.frames:
                 code_addrs[_Q.unpack_from(buf, off + code_at)[0]] = None
         missing_codes = [c for c in code_addrs if c not in code_heads]
@@ -340,32 +365,31 @@ class StackReader:
         self._last_codes = list(code_addrs)
 
         valid_codes = {c: self._code(c, code_heads.get(c)) for c in code_addrs}
-        self._frame_cache_next = {}
+        if len(self._frame_cache) > _FRAME_CACHE_MAX:
+            self._frame_cache = {}
         out: list[ThreadStack] = []
-        memo: dict[int, tuple] = {}
+        memo: dict[int, _Memo] = {}
         for w in walks:
             try:
                 if w.broken:
                     raise TornRead("frame chain unreadable")
                 if w.reused is not None:
-                    if any(valid_codes.get(c) is None for c in self._memo[w.tstate][3]):
+                    if any(valid_codes.get(c) is None for c in self._memo[w.tstate].codes):
                         raise TornRead("a code object changed under an unchanged stack")
                     frames = w.reused
                 else:
-                    frames = self._frames_of(w, valid_codes, lenient)
+                    frames, ends = self._frames_of(w, valid_codes, lenient)
             except TornRead:
                 if not lenient:
                     raise
                 self.torn_threads += 1
                 out.append(ThreadStack(w.thread_id, w.native_thread_id, w.tstate, [], suspect=True))
                 continue
-            heap = [(a, buf) for a, buf, off in w.frames if not off and exact.get(a) is buf]
             if w.reused is None:
-                memo[w.tstate] = (w.signature, frames, heap, dict.fromkeys(f.code_addr for f in frames))
+                memo[w.tstate] = self._remember(w, frames, ends, exact)
             else:
                 memo[w.tstate] = self._memo[w.tstate]
             out.append(ThreadStack(w.thread_id, w.native_thread_id, w.tstate, frames, suspect=w.suspect))
-        self._frame_cache = self._frame_cache_next
         self._memo = memo
         self._had_stack = {t.tstate_addr: bool(t.frames) if not t.suspect else self._had_stack.get(t.tstate_addr, True)
                            for t in out}
@@ -454,6 +478,17 @@ class StackReader:
                     return
                 heap.append(addr)
                 off = 0
+            if w.prior is not None and w.tail < 0 and len(frames) < _SPLICE_DEPTH:
+                prior_walk = w.prior.walk
+                j = next((k for k in range(min(_SPLICE_DEPTH, len(prior_walk))) if prior_walk[k][0] == addr), -1)
+                if j >= 0:
+                    _a, pbuf, poff = prior_walk[j]
+                    if buf[off:off + _FRAME_READ] == pbuf[poff:poff + _FRAME_READ]:
+                        if self._splice(w, j, exact):
+                            w.tail = j  # this frame and all outer ones: as last sample
+                            heap.extend(a for k, (a, _) in zip(w.prior.heap_at, w.prior.heap) if k >= j)
+                            break
+                        w.prior = None  # the outer frames moved: walk them
             frames.append((addr, buf, off))
             if len(frames) > MAX_DEPTH:
                 w.suspect = True
@@ -462,18 +497,80 @@ class StackReader:
         w.next_frame = 0
         w.done = True
 
-    def _frames_of(self, w: _Walk, valid_codes: dict[int, CodeInfo | None], lenient: bool = False) -> list[Frame]:
+    def _splice(self, w: _Walk, j: int, exact: dict[int, bytes]) -> bool:
+        """Whether the frames outer of frame ``j`` of the thread's last sample (whose
+        header the caller found unchanged) are byte for byte as they were: then they
+        would walk and decode the same.
+
+        Every datastack chunk must match up to the innermost of those frames it
+        holds (outer frames lie below in a chunk); every heap frame among them must
+        match its fresh read.
+        """
+        prior = w.prior
+        n = len(prior.walk)
+        fresh = {lo: b for lo, _hi, b in w.ranges}
+        limits: dict[int, int] = {}  # chunk start -> bytes that must match
+        for lo, hi, _b in prior.ranges:
+            k = j
+            while k < n and not (prior.walk[k][2] and lo <= prior.walk[k][0] < hi):
+                k += 1  # the innermost spliced frame in this chunk (chunk frames have offset > 0)
+            if k < n:
+                limits[lo] = prior.walk[k][0] - lo + _FRAME_READ
+        for lo, _hi, old in prior.ranges:
+            limit = limits.get(lo)
+            if limit is None:
+                continue
+            new = fresh.get(lo)
+            if new is None or len(new) < limit or new[:limit] != old[:limit]:
+                return False
+        for k, (a, hb) in zip(prior.heap_at, prior.heap):
+            if k >= j and exact.get(a) != hb:
+                return False
+        return True
+
+    def _remember(self, w: _Walk, frames: list[Frame], ends: list[int], exact: dict[int, bytes]) -> _Memo:
+        walk = w.frames
+        heap_at = [k for k, (a, buf, off) in enumerate(walk) if not off and exact.get(a) == buf]
+        prior = w.prior if w.tail >= 0 else None
+        if prior is not None:
+            j, shift = w.tail, len(walk) - w.tail
+            heap_at += [k + shift for k in prior.heap_at if k >= j]
+            walk = walk + prior.walk[j:]
+        heap = [(walk[k][0], exact[walk[k][0]]) for k in heap_at]
+        if prior is not None and len(prior.codes) <= len(frames) + 64:
+            codes = dict(prior.codes)  # a superset of the spliced frames' codes
+            codes.update((f.code_addr, None) for f in frames[:len(frames) - prior.ends[w.tail]])
+        else:
+            codes = dict.fromkeys(f.code_addr for f in frames)
+        return _Memo(w.signature, frames, heap, codes, walk, ends, w.ranges, heap_at)
+
+    def _frames_of(self, w: _Walk, valid_codes: dict[int, CodeInfo | None],
+                   lenient: bool = False) -> tuple[list[Frame], list[int]]:
+        """Decoded frames, innermost first, and for each walk position the number of
+        decoded frames from there to the outermost (what a later splice needs)."""
+        tail: list[Frame] = []
+        tail_ends: list[int] = []
+        if w.tail >= 0:
+            prior = w.prior
+            if all(valid_codes.get(c) is not None for c in prior.codes):
+                tail_ends = prior.ends[w.tail:]
+                tail = prior.frames[len(prior.frames) - tail_ends[0]:] if tail_ends else []
+                self.spliced_frames += len(tail)
+            else:  # a code object changed: decode the outer frames again (their bytes are in hand)
+                w.frames.extend(prior.walk[w.tail:])
+                w.tail = -1
         L = self.layout
         owner_at, code_at, instr_at = L.frame_owner, L.frame_code, L.frame_instr
         code_base = L.code_code_adaptive
         owner_gen, owner_cstack, owner_fo = self._owner_gen, self._owner_cstack, self._owner_frame_obj
         gen_iframe = L.gen_iframe
         cache = self._frame_cache
-        new_cache = self._frame_cache_next
         out: list[Frame] = []
+        starts: list[int] = []
         last_owner = -1
         unpack = _Q.unpack_from
         for addr, buf, off in w.frames:
+            starts.append(len(out))
             owner = buf[off + owner_at]
             if owner == owner_cstack:
                 continue
@@ -482,7 +579,6 @@ class StackReader:
             key = (addr, code_addr, instr, owner)
             frame = cache.get(key)
             if frame is not None and valid_codes.get(code_addr) is not None:
-                new_cache[key] = frame
                 out.append(frame)
                 last_owner = owner
                 continue
@@ -500,9 +596,12 @@ class StackReader:
                 raise TornRead(f"frame {addr:#x} instruction pointer outside its code")
             gen = addr - gen_iframe if owner == owner_gen else 0
             frame = Frame(code.name, code.qualname, code.filename, code.line(offset), addr, code_addr, owner, gen)
-            new_cache[key] = frame
+            cache[key] = frame
             out.append(frame)
             last_owner = owner
+        if tail_ends or w.tail >= 0:  # the outer frames were checked when they were walked
+            total = len(out) + len(tail)
+            return out + tail, [total - k for k in starts] + tail_ends
         if last_owner == owner_gen and not w.suspect:
             # a thread's outermost frame is never a coroutine's: a coroutine suspended mid-walk
             raise TornRead("chain ends on a coroutine frame")
@@ -519,7 +618,8 @@ class StackReader:
                 entry = buf[off + owner_at] == owner_cstack
             if not entry:
                 raise TornRead("chain does not end at an entry frame")
-        return out
+        total = len(out)
+        return out, [total - k for k in starts]
 
     def _code(self, addr: int, head: bytes | None) -> CodeInfo | None:
         if head is None:
