@@ -25,8 +25,9 @@ from perfd.errors import MemoryReadError
 
 MAX_DEPTH = 4096
 # Walks per sample before giving up on a thread that keeps changing. On a target
-# switching tasks every few µs (tests/targets/reader_churn.py), 3 left up to 5% of
-# samples with a suspect thread, 5 leaves ~1%; retries cost only when a walk tore.
+# switching tasks every few µs (tests/targets/reader_churn.py), 3 leave 2.7-5.5% of
+# samples with a suspect thread, 5 leave 0.8-1.7% (bench/torn_reads.py); retries
+# cost only when a walk tore.
 ATTEMPTS = 5
 MAX_THREADS = 1024
 _Q = struct.Struct("<Q")
