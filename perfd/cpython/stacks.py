@@ -39,6 +39,10 @@ _CHUNK_MAX = 1 << 20
 # splice on the unchanged rest (StackReader._splice): the frames above it were
 # popped. Deeper unwinds walk the whole stack, as any first sample does.
 _SPLICE_DEPTH = 8
+# Spliced frames keep the buffer they were read in alive; a stack that deepens a
+# frame per sample would hold one buffer per frame. Every so many splices in a
+# row a thread is walked whole again, which re-reads all its frames into one.
+_SPLICE_REFRESH = 32
 _FRAME_CACHE_MAX = 1 << 14
 
 
@@ -102,6 +106,7 @@ class _Memo:
     ends: list[int]  # ends[k]: decoded frames from walk position k to the outermost
     ranges: list[tuple[int, int, bytes]]  # datastack chunks as read
     heap_at: list[int]  # walk positions of the heap frames
+    splices: int = 0  # samples in a row that spliced on outer frames of an earlier one
 
 
 class StackReader:
@@ -273,7 +278,7 @@ class StackReader:
                 w.done = True
                 self.reused_threads += 1
                 continue  # same bytes: same chunk plan and C frame as last time
-            w.prior = memo
+            w.prior = memo if memo is not None and memo.splices < _SPLICE_REFRESH else None
             chunk = _Q.unpack_from(b, L.tstate_datastack_chunk)[0]
             top = _Q.unpack_from(b, L.tstate_datastack_top)[0]
             self._chunks[t] = plan = self._chunk_plan(chunk, top, rng)
@@ -543,7 +548,8 @@ class StackReader:
             codes.update((f.code_addr, None) for f in frames[:len(frames) - prior.ends[w.tail]])
         else:
             codes = dict.fromkeys(f.code_addr for f in frames)
-        return _Memo(w.signature, frames, heap, codes, walk, ends, w.ranges, heap_at)
+        return _Memo(w.signature, frames, heap, codes, walk, ends, w.ranges, heap_at,
+                     prior.splices + 1 if prior is not None else 0)
 
     def _frames_of(self, w: _Walk, valid_codes: dict[int, CodeInfo | None],
                    lenient: bool = False) -> tuple[list[Frame], list[int]]:
