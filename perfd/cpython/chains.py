@@ -141,15 +141,16 @@ class AwaitChains:
             chain.leaf, chain.children = 0, ()
             self._walk(chain, start)
 
+    def _head(self, buf: bytes) -> tuple[str, int, int]:
+        """(state, instruction, stack depth) from a level's header bytes as read
+        from ``gen + self._start``: what says whether a coroutine moved."""
+        L = self.L
+        return (self.gens.state_of_byte(buf[self._state_at]),
+                _Q.unpack_from(buf, self._frame_at + L.frame_instr)[0],
+                _I.unpack_from(buf, self._frame_at + L.frame_stacktop)[0])
+
     def _same(self, level: Level, buf: bytes) -> bool:
-        if self.gens.state_of_byte(buf[self._state_at]) != level.state:
-            return False
-        frame = buf[self._frame_at:]
-        if _Q.unpack_from(frame, self.L.frame_instr)[0] != level.instr:
-            return False
-        if _I.unpack_from(frame, self.L.frame_stacktop)[0] != level.stacktop:
-            return False
-        return buf[self._slots_at:] == level.slots
+        return self._head(buf) == (level.state, level.instr, level.stacktop) and buf[self._slots_at:] == level.slots
 
     # -- walking ----------------------------------------------------------
     def _walk(self, chain: Chain, obj: int) -> None:
@@ -189,12 +190,11 @@ class AwaitChains:
         None when it has finished; raises ``_Unreadable`` when it cannot be read
         consistently now (a later look will).
         """
-        L = self.L
         try:
             head = self.mem.read(gen + self._start, self._slots_at)
         except MemoryReadError:
             raise _Unreadable from None
-        state = self.gens.state_of_byte(head[self._state_at])
+        state, instr, stacktop = self._head(head)
         if state in ("completed", "cleared"):
             return None
         if state == "unknown":
@@ -204,7 +204,6 @@ class AwaitChains:
         if found is None:
             raise _Unreadable
         frame, code = found
-        stacktop = _I.unpack_from(frame_hdr, L.frame_stacktop)[0]
         if state != "suspended" or stacktop < 0:
             # running (a frame's saved stack depth is stale while it executes):
             # its locals are always current, so read exactly those
@@ -212,7 +211,6 @@ class AwaitChains:
             stacktop = code.nlocalsplus
         if not 0 <= stacktop <= MAX_SLOTS:
             raise _Unreadable
-        instr = _Q.unpack_from(frame_hdr, L.frame_instr)[0]
         try:
             slots = self.mem.read(gen + self._start + self._slots_at, 8 * stacktop) if stacktop else b""
             # A suspended coroutine may resume, finish and free its locals between
@@ -238,11 +236,7 @@ class AwaitChains:
 
     def _still(self, gen: int, instr: int, stacktop: int) -> bool:
         """Whether ``gen`` is suspended at ``instr`` with ``stacktop`` slots now."""
-        head = self.mem.read(gen + self._start, self._slots_at)
-        frame = head[self._frame_at:]
-        return (self.gens.state_of_byte(head[self._state_at]) == "suspended"
-                and _Q.unpack_from(frame, self.L.frame_instr)[0] == instr
-                and _I.unpack_from(frame, self.L.frame_stacktop)[0] == stacktop)
+        return self._head(self.mem.read(gen + self._start, self._slots_at)) == ("suspended", instr, stacktop)
 
     def _gather_children(self, fut: int) -> tuple[int, ...]:
         kind = self.objects.type_name(fut)

@@ -560,8 +560,8 @@ class StackReader:
         if w.tail >= 0:
             prior = w.prior
             if all(valid_codes.get(c) is not None for c in prior.codes):
-                tail_ends = prior.ends[w.tail:]
-                tail = prior.frames[len(prior.frames) - tail_ends[0]:] if tail_ends else []
+                tail_ends = prior.ends[w.tail:]  # never empty: the splice point is a walk position
+                tail = prior.frames[len(prior.frames) - tail_ends[0]:]
                 self.spliced_frames += len(tail)
             else:  # a code object changed: decode the outer frames again (their bytes are in hand)
                 w.frames.extend(prior.walk[w.tail:])
@@ -606,7 +606,7 @@ class StackReader:
             cache[key] = frame
             out.append(frame)
             last_owner = owner
-        if tail_ends or w.tail >= 0:  # the outer frames were checked when they were walked
+        if w.tail >= 0:  # the outer frames were checked when they were walked
             total = len(out) + len(tail)
             return out + tail, [total - k for k in starts] + tail_ends
         if last_owner == owner_gen and not w.suspect:
