@@ -31,9 +31,12 @@ _DEFAULT_TRACK_HZ = dag_module.TRACK_HZ
 
 
 def _attached(demo: Demo, rate_hz: float, uprobes: bool, track_hz: float | None = None) -> Engine:
-    dag_module.TRACK_HZ = track_hz or _DEFAULT_TRACK_HZ  # read when the tracker thread starts
-    engine = Engine(Registry(), AttachOptions(rate_hz=rate_hz, uprobes=uprobes, capture=False))
-    engine.attach(demo.pid)
+    dag_module.TRACK_HZ = track_hz or _DEFAULT_TRACK_HZ  # taken by the DAG source when attach builds it
+    try:
+        engine = Engine(Registry(), AttachOptions(rate_hz=rate_hz, uprobes=uprobes, capture=False))
+        engine.attach(demo.pid)
+    finally:
+        dag_module.TRACK_HZ = _DEFAULT_TRACK_HZ
     return engine
 
 
@@ -52,7 +55,6 @@ def coverage(rounds: int, phase_s: float) -> None:
         for _ in range(rounds):
             for mode in modes:
                 engine = _attached(demo, *mode)
-                dag_module.TRACK_HZ = _DEFAULT_TRACK_HZ
                 try:
                     time.sleep(4)  # calls in flight at attach are not counted
                     before = _perfd(engine).get("dag_calls") or {}
@@ -100,7 +102,6 @@ def chain_offset(rounds: int, phase_s: float) -> None:
                         names[node["node_id"]] = node["node_name"]
                         offsets.setdefault((node["node_id"], hz), []).append(ours[node["node_id"]] - node["avg_exec_ms"])
     finally:
-        dag_module.TRACK_HZ = _DEFAULT_TRACK_HZ
         demo.stop()
     print(f"2. perfd mean exec minus truth (ms), --chain 12 (5 Hz x 16,384 points), {rounds} x {phase_s:g} s per rate")
     print(f"{'node':<27}" + "".join(f"{f'tracker {hz:.0f} Hz':>20}" for hz in rates))

@@ -126,7 +126,8 @@ class DagSource:
         self.track_failures = 0
         self.incomplete_looks = 0  # looks where some chain was cut short by a torn read
         self._incomplete_since: int | None = None
-        self._track_times: deque[int] = deque(maxlen=int(TRACK_HZ * 10))
+        self.track_hz = TRACK_HZ  # fixed at construction: the tracker thread reads it once it runs
+        self._track_times: deque[int] = deque(maxlen=int(self.track_hz * 10))
         self._profiles_at = 0.0
         self._exact_history: deque[tuple[float, dict[str, int]]] = deque()
         self._slow: tuple[StackReader, TaskReader, AppStateReader] | None = None
@@ -179,7 +180,7 @@ class DagSource:
         stacks = StackReader(self.interpreter)
         chains = AwaitChains(stacks, self._layout)
         finder = NodeCallFinder(self.profile, stacks)
-        period = 1.0 / TRACK_HZ
+        period = 1.0 / self.track_hz
         next_at = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -473,9 +474,9 @@ class DagSource:
         times = list(self._track_times)
         counts = {"failures": self.track_failures, "incomplete_looks": self.incomplete_looks}
         if len(times) < 2:
-            return {"rate_hz": TRACK_HZ, "achieved_hz": 0.0, "max_gap_ms": None, **counts}
+            return {"rate_hz": self.track_hz, "achieved_hz": 0.0, "max_gap_ms": None, **counts}
         gaps = [b - a for a, b in zip(times, times[1:])]
-        return {"rate_hz": TRACK_HZ, "achieved_hz": round((len(times) - 1) / ((times[-1] - times[0]) / 1e9), 1),
+        return {"rate_hz": self.track_hz, "achieved_hz": round((len(times) - 1) / ((times[-1] - times[0]) / 1e9), 1),
                 "max_gap_ms": round(max(gaps) / 1e6, 2), **counts}
 
     def _exact_calls(self, derived: dict[str, int] | None, running: dict[str, int]) -> dict[str, int]:
