@@ -43,6 +43,11 @@ from perfd.sampling import Sampler  # noqa: E402
 PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
 
 
+def pyenv_python(version: str) -> str:
+    """The newest pyenv CPython ``3.X``."""
+    return str(sorted(PYENV.glob(f"versions/{version}.*/bin/python{version}"))[-1])
+
+
 class BenchTarget:
     """The target process and its WORK lines, read on a thread."""
 
@@ -74,8 +79,8 @@ class BenchTarget:
         self.proc.wait()
 
 
-def with_perfd(target: BenchTarget, rate: float, window: float) -> dict:
-    sampler = Sampler(locate_interpreter(target.proc.pid), rate)
+def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler | None = None) -> dict:
+    sampler = sampler or Sampler(locate_interpreter(target.proc.pid), rate)
     sampler.start()
     time.sleep(0.3)  # warm caches
     start_total, start_failed = sampler.samples_total, sampler.samples_failed
@@ -183,7 +188,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rates", default="100,250,1000")
     args = ap.parse_args()
-    python = str(sorted(PYENV.glob(f"versions/{args.python}.*/bin/python{args.python}"))[-1])
+    python = pyenv_python(args.python)
     rates = [float(r) for r in args.rates.split(",")]
     target = BenchTarget(python)
     try:

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Does the sampler thread's priority change the target's slowdown?
+
+Same target and paired windows as bench/sampler.py (B P B P …, each P
+against the two B around it), perfd's Sampler at --rate with its thread at
+nice -5 (the default), 0, +10 and SCHED_IDLE (runs only when a core is
+otherwise idle). Prints achieved rate, CPU and the slowdown with its 95% CI.
+
+Usage: python bench/sampler_priority.py [--python 3.12] [--rate 1000] [--repeats 6] [--window 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sampler import BenchTarget, pyenv_python, slowdown, with_perfd  # noqa: E402
+
+from perfd.cpython.discovery import locate_interpreter  # noqa: E402
+from perfd.sampling import Sampler  # noqa: E402
+
+MODES = (-5, 0, 10, "SCHED_IDLE")
+
+
+class IdleSampler(Sampler):
+    def _raise_priority(self) -> None:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def sampler_for(pid: int, rate: float, mode: int | str) -> Sampler:
+    if mode == "SCHED_IDLE":
+        return IdleSampler(locate_interpreter(pid), rate, nice=None)
+    return Sampler(locate_interpreter(pid), rate, nice=mode)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--python", default="3.12")
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--window", type=float, default=2.0)
+    args = ap.parse_args()
+    target = BenchTarget(pyenv_python(args.python))
+    try:
+        rows: dict[object, list[dict]] = {m: [] for m in MODES}
+        base = target.work_rate(args.window)
+        for _ in range(args.repeats):
+            for mode in MODES:
+                row = with_perfd(target, args.rate, args.window, sampler_for(target.proc.pid, args.rate, mode))
+                after = target.work_rate(args.window)
+                row["base"] = (base, after)
+                base = after
+                rows[mode].append(row)
+        print(f"CPython {args.python}, sampler at {args.rate:g} Hz, {args.repeats} pairs of {args.window:g} s per mode")
+        print(f"{'thread priority':>16} | {'achieved Hz':>11} {'CPU %':>6} | {'slowdown % (95% CI)':>21}")
+        for mode in MODES:
+            r = rows[mode]
+            label = mode if isinstance(mode, str) else f"nice {mode:+d}"
+            print(f"{label:>16} | {statistics.mean(x['achieved'] for x in r):>11.1f} "
+                  f"{statistics.mean(x['cpu'] for x in r):>6.1f} | {slowdown(r):>21}")
+    finally:
+        target.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
