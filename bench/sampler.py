@@ -162,6 +162,15 @@ def max_rate(target: BenchTarget, seconds: float = 2.0) -> tuple[float, float]:
     return n / cpu, 1e6 * cpu / n
 
 
+def paired(target: BenchTarget, window: float, base: list[float], row: dict | None, into: list) -> None:
+    """Follow a measured window with a baseline one; the row keeps the baselines on
+    either side (``base[-1]`` is the one before it) for ``slowdown``."""
+    if row:
+        row["base"] = (base[-1], target.work_rate(window))
+        base.append(row["base"][1])
+        into.append(row)
+
+
 # two-sided 95% Student's t quantiles by degrees of freedom (beyond 30: the normal's)
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
         12: 2.18, 15: 2.13, 20: 2.09, 25: 2.06, 30: 2.04}
@@ -205,17 +214,11 @@ def main() -> int:
         print("-" * len(header))
         for rate in rates:
             base, perfd, control, spy = [target.work_rate(args.window)], [], [], []
-
-            def paired(row: dict | None, into: list) -> None:
-                if row:
-                    row["base"] = (base[-1], target.work_rate(args.window))
-                    base.append(row["base"][1])
-                    into.append(row)
-
             for _ in range(args.repeats):
-                paired(with_perfd(target, rate, args.window), perfd)
-                paired(with_cpu_only(target, rate, args.window, perfd[-1]["us_per_sample"]), control)
-                paired(with_pyspy(target, rate, args.window), spy)
+                paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
+                paired(target, args.window, base,
+                       with_cpu_only(target, rate, args.window, perfd[-1]["us_per_sample"]), control)
+                paired(target, args.window, base, with_pyspy(target, rate, args.window), spy)
             b = statistics.mean(base)
             spread = 100 * (max(base) - min(base)) / b if b else 0.0
             pm = {k: statistics.mean(r[k] for r in perfd) for k in ("achieved", "us_per_sample", "cpu", "failed")}

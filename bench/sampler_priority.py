@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sampler import BenchTarget, pyenv_python, slowdown, with_perfd  # noqa: E402
+from sampler import BenchTarget, paired, pyenv_python, slowdown, with_perfd  # noqa: E402
 
 from perfd.cpython.discovery import locate_interpreter  # noqa: E402
 from perfd.sampling import Sampler  # noqa: E402
@@ -48,14 +48,11 @@ def main() -> int:
     target = BenchTarget(pyenv_python(args.python))
     try:
         rows: dict[object, list[dict]] = {m: [] for m in MODES}
-        base = target.work_rate(args.window)
+        base = [target.work_rate(args.window)]
         for _ in range(args.repeats):
             for mode in MODES:
-                row = with_perfd(target, args.rate, args.window, sampler_for(target.proc.pid, args.rate, mode))
-                after = target.work_rate(args.window)
-                row["base"] = (base, after)
-                base = after
-                rows[mode].append(row)
+                sampler = sampler_for(target.proc.pid, args.rate, mode)
+                paired(target, args.window, base, with_perfd(target, args.rate, args.window, sampler), rows[mode])
         print(f"CPython {args.python}, sampler at {args.rate:g} Hz, {args.repeats} pairs of {args.window:g} s per mode")
         print(f"{'thread priority':>16} | {'achieved Hz':>11} {'CPU %':>6} | {'slowdown % (95% CI)':>21}")
         for mode in MODES:
