@@ -28,6 +28,7 @@ from perfd.cpython.layouts import frame_walk
 from perfd.cpython.stacks import StackReader
 from perfd.registry import Registry
 from perfd.uprobes import UprobeSource, check_backends
+from perfd.uprobes.events import FrameWatch
 
 TARGET = Path(__file__).resolve().parent.parent / "tests" / "targets" / "open3d_ops.py"
 
@@ -65,7 +66,7 @@ def start_source(pid: int, mode: str) -> UprobeSource:
     if not source.start():
         raise SystemExit(f"{mode}: could not attach")
     if stacks is not None:
-        source.watch({t.native_thread_id: t.tstate_addr for t in stacks.sample().threads}, {1})
+        source.watch(FrameWatch({t.native_thread_id: t.tstate_addr for t in stacks.sample().threads}, frozenset({1})))
         stacks.close()
     return source
 

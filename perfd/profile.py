@@ -45,6 +45,10 @@ class NodeAttributes(_Strict):
     type_attr: str = "type"
     name_fallback: str = "id"  # SPEC: name falls back to the id
     type_fallback: str = "unknown"
+    # A node method's local (``self`` first) holding the call's points, on the
+    # thread doing the node's work: the Open3D op probe counts it as each op
+    # begins, so calls too short for the call tracker still report their points.
+    points_local: str | None = None
 
 
 def _paths(value: str | list[str]) -> list[str]:

@@ -17,6 +17,11 @@
 // called the op, read at the moment of the call rather than guessed from
 // samples taken around it. perfd fills `py_tstates` (thread id -> its
 // PyThreadState) and `py_owners` (node object addresses) from its sampler.
+// Going on outward from that frame, the first of the owner's own frames whose
+// code is in `py_point_slots` has its points local (the node call's input)
+// counted as the op begins — an ndarray's first dimension, or a list's or
+// tuple's length (`py_point_types` says which type is which) — so a node
+// call too short for perfd's samples still reports its points.
 
 #include <uapi/linux/ptrace.h>
 
@@ -26,6 +31,7 @@ struct frame {
     u64 sp;
     u64 start_ns;
     u64 owner;
+    u64 points;
     u32 op;
 };
 
@@ -42,6 +48,7 @@ struct op_event {
     u64 start_ns;
     u64 duration_ns;
     u64 owner;  // py_owners entry found in the thread's Python frames at entry, else 0
+    u64 points; // 1 + the owner's points count at entry; 0: not read
 };
 
 enum counter {
@@ -52,7 +59,7 @@ enum counter {
     NUM_COUNTERS = 4,
 };
 
-// 2 MiB: ~50k calls between two reads (perfd reads every 100 ms).
+// 2 MiB: ~40k calls between two reads (perfd reads every 20 ms).
 BPF_RINGBUF_OUTPUT(events, 512);
 BPF_HASH(stacks, u32, struct thread_stack, 4096);
 BPF_PERCPU_ARRAY(empty_stack, struct thread_stack, 1);
@@ -75,10 +82,20 @@ static __always_inline void count(u32 which) {
     }
 
 #ifdef PERFD_PYFRAMES
-#define PY_MAX_FRAMES 12
+#define PY_MAX_FRAMES 12   // frames searched for an owner
+#define PY_POINT_FRAMES 4  // the owner's frame and its callers searched for its points
+#define SIZED_NDARRAY 1
+#define SIZED_VAR 2        // ob_size: list, tuple
 
 BPF_HASH(py_tstates, u32, u64, 4096);
 BPF_HASH(py_owners, u64, u8, 4096);
+BPF_HASH(py_point_slots, u64, u32, 1024);  // code object -> index of its points local
+BPF_HASH(py_point_types, u64, u32, 16);    // type object -> SIZED_*
+
+struct py_found {
+    u64 owner;
+    u64 points;  // 1 + count; 0: none
+};
 
 static __always_inline u64 read_ptr(u64 addr) {
     u64 v = 0;
@@ -87,33 +104,75 @@ static __always_inline u64 read_ptr(u64 addr) {
     return v;
 }
 
+// 1 + len(obj) for the types perfd listed, else 0.
+static __always_inline u64 count_points(u64 obj) {
+    u64 type = read_ptr(obj + PY_OBJECT_TYPE);
+    u32 *kind = py_point_types.lookup(&type);
+    if (!kind)
+        return 0;
+    s64 n = 0;
+    if (*kind == SIZED_NDARRAY) {
+        int nd = -1;
+        if (bpf_probe_read_user(&nd, sizeof(nd), (void *)(obj + NP_ND)) != 0 || nd < 0)
+            return 0;
+        if (nd == 0)
+            return 1;  // a 0-d array: no first dimension, counted as 0 (as perfd's reader does)
+        u64 dims = read_ptr(obj + NP_DIMENSIONS);
+        if (!dims || bpf_probe_read_user(&n, sizeof(n), (void *)dims) != 0)
+            return 0;
+    } else if (bpf_probe_read_user(&n, sizeof(n), (void *)(obj + PY_VAR_SIZE)) != 0) {
+        return 0;
+    }
+    return n < 0 ? 0 : (u64)n + 1;
+}
+
 // Innermost frame first; every read may fail (a thread exiting, a frame being
-// popped) and then the answer is simply "no owner".
-static __always_inline u64 py_owner(u32 tid) {
+// popped) and then the answer is simply "no owner" or "no points".
+static __always_inline void py_find(u32 tid, struct py_found *out) {
     u64 *ts = py_tstates.lookup(&tid);
     if (!ts)
-        return 0;
+        return;
     u64 f = read_ptr(*ts + PY_TSTATE_FRAME1);
 #if PY_TSTATE_FRAME2 >= 0
     if (f)
         f = read_ptr(f + PY_TSTATE_FRAME2);
 #endif
-    for (int i = 0; i < PY_MAX_FRAMES; i++) {
-        if (!f)
-            return 0;
-        u8 owner = 0;
-        bpf_probe_read_user(&owner, 1, (void *)(f + PY_FRAME_OWNER));
-        if ((int)owner != PY_OWNER_CSTACK) {
+    u64 owner = 0;
+    int after = 0;  // frames looked at since the owner's
+    for (int i = 0; i < PY_MAX_FRAMES + PY_POINT_FRAMES; i++) {
+        if (!f || (!owner && i >= PY_MAX_FRAMES) || after >= PY_POINT_FRAMES)
+            break;
+        if (owner)
+            after++;
+        u8 kind = 0;
+        bpf_probe_read_user(&kind, 1, (void *)(f + PY_FRAME_OWNER));
+        if ((int)kind != PY_OWNER_CSTACK) {
             u64 local0 = read_ptr(f + PY_FRAME_LOCALSPLUS);
-            if (local0 && py_owners.lookup(&local0))
-                return local0;
+            if (!owner && local0 && py_owners.lookup(&local0)) {
+                owner = local0;
+                after = 1;
+            }
+            if (owner && local0 == owner) {
+                u64 code = read_ptr(f + PY_FRAME_CODE);
+                u32 *slot = py_point_slots.lookup(&code);
+                if (slot) {
+                    u64 obj = read_ptr(f + PY_FRAME_LOCALSPLUS + 8 * (u64)(*slot & 0xffff));
+                    if (obj)
+                        out->points = count_points(obj);
+                    break;
+                }
+            }
         }
         f = read_ptr(f + PY_FRAME_PREVIOUS);
     }
-    return 0;
+    out->owner = owner;
 }
 #else
-static __always_inline u64 py_owner(u32 tid) { return 0; }
+struct py_found {
+    u64 owner;
+    u64 points;
+};
+static __always_inline void py_find(u32 tid, struct py_found *out) {}
 #endif
 
 static __always_inline int on_enter(struct pt_regs *ctx, u32 op) {
@@ -148,7 +207,11 @@ static __always_inline int on_enter(struct pt_regs *ctx, u32 op) {
     st->frames[slot].op = op;
     // Outermost calls only (nested ones are not counted); before the clock,
     // so the walk is not part of the op's time.
-    st->frames[slot].owner = d == 0 ? py_owner(tid) : 0;
+    struct py_found found = {};
+    if (d == 0)
+        py_find(tid, &found);
+    st->frames[slot].owner = found.owner;
+    st->frames[slot].points = found.points;
     st->frames[slot].start_ns = bpf_ktime_get_ns();
     st->depth = d + 1;
     return 0;
@@ -164,6 +227,7 @@ static __always_inline int complete(struct thread_stack *st, u32 tid, u32 i, u32
     ev.start_ns = f->start_ns;
     ev.duration_ns = now - f->start_ns;
     ev.owner = f->owner;
+    ev.points = f->points;
     if (k > 0)
         count_n(ABANDONED_ENTRIES, k);
     st->depth = i;

@@ -76,6 +76,22 @@ def test_node_stats_meanings():
     assert stats.throughput_pps(1.5) == pytest.approx(0.0)
 
 
+def test_points_of_a_call_the_tracker_missed_come_from_its_op_and_never_overwrite_a_newer_call():
+    tracker, stats = CallTracker(miss_limit=1), NodeStats()
+    for i, calls in enumerate([[obs(1, points=50)], [obs(1, points=50)], [], []]):
+        for c in tracker.observe(i * P, 100 + i * P, calls)[0]:
+            stats.started(c)
+    assert stats.last_point_count == 50
+    assert not stats.op_points(1.2 * P, 50)  # an op of that call (begun after it): nothing new
+    assert stats.op_points(3 * P, 80)  # an op of a call never seen
+    assert stats.last_point_count == 80
+    assert not stats.op_points(2.5 * P, 60)  # arrives late, from before the call shown: ignored
+    assert stats.last_point_count == 80
+    for c in tracker.observe(4 * P, 100 + 4 * P, [obs(2, payload=3, points=70)])[0]:
+        stats.started(c)  # the next call seen: its own points
+    assert stats.last_point_count == 70
+
+
 def test_calls_whose_ends_fall_into_a_scheduling_gap_are_counted_but_not_timed():
     tracker, stats = CallTracker(), NodeStats()
     # ticks every 1 ms, then perfd is not scheduled for 50 ms while the call ends

@@ -12,10 +12,16 @@ every call made inside an owner's method names that owner — through helper
 frames, recursion and a C shim — and calls from outside any owner, or from a
 thread perfd was not told about (bcc), name none; with tracefs, calls made
 with the GIL released name their owner or none, never another.
+
+The bcc probe also counts the owner's points local (an ndarray's first
+dimension, a list's or tuple's length) in the method perfd found keeping it —
+how a node call too short for the call tracker still reports its points
+(tests/targets/op_points.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -28,8 +34,11 @@ from libc_symbols import libc_functions
 from perfd.cpython.discovery import locate_interpreter
 from perfd.cpython.layouts import frame_walk
 from perfd.cpython.stacks import StackReader
+from perfd.profile import load_profile
+from perfd.reconstruction.observe import NodeCallFinder, point_types
 from perfd.uprobes import check_backends
 from perfd.uprobes.bcc_backend import BccBackend
+from perfd.uprobes.events import FrameWatch
 from perfd.uprobes.symbols import ProbePoint, Resolution
 from perfd.uprobes.tracefs import TracefsBackend
 
@@ -61,7 +70,7 @@ def _run_rounds(target, backend, events: Counter, watched_rounds, owners) -> lis
     got = []
     for watched in watched_rounds:
         events.clear()
-        backend.watch(watched, set(owners))
+        backend.watch(FrameWatch(watched, frozenset(owners)))
         os.kill(target.pid, signal.SIGUSR1)
         assert target.proc.stdout.readline().strip() == "DONE"
         time.sleep(0.3)  # every event reaches a reader (tracefs reads every 0.1 s)
@@ -131,3 +140,47 @@ def test_tracefs_entry_names_the_owner_from_the_gil_holders_frames(spawn, versio
                 assert sum(counts.values()) == main_calls + sum(c for _, c in owners.values())
                 wrong = {k: n for k, n in counts.items() if k[1] not in (0, by_tid.get(k[0], 0))}
                 assert not wrong, f"{mode} round {rnd}: {wrong}"
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_entry_probe_counts_the_points_of_the_owners_call(spawn, version):
+    check = next(c for c in check_backends() if c.backend == "bcc")
+    require("uprobes backend bcc", check.works, check.detail)
+    target = spawn("op_points.py", version=version)
+    owners = {}  # owner id -> native tid
+    while (words := target.proc.stdout.readline().split())[0] == "OWNER":
+        owners[int(words[2])] = int(words[3])
+    assert words == ["HELD"]
+    stacks = StackReader(locate_interpreter(target.pid))
+    sample = stacks.sample()
+    # where the points are kept, found as perfd finds it: a sample of the threads
+    # sitting in their node methods, and the default profile's points local
+    finder = NodeCallFinder(load_profile(), stacks)
+    assert finder.thread_nodes(sample.threads, frozenset(owners)) == {t: o for o, t in owners.items()}
+    assert sorted(finder.point_slots.values()) == [1]  # process(self, points); other(self, n) has none
+    types = point_types(stacks)
+    assert len(types) == 3  # numpy.ndarray, list, tuple
+    watch = FrameWatch({t.native_thread_id: t.tstate_addr for t in sample.threads}, frozenset(owners),
+                       dict(finder.point_slots), types)
+    events: dict[int, list] = {}
+    backend = BccBackend(target.pid, libc_resolution(target.pid),
+                         lambda ev: events.setdefault(ev.tid, []).append((ev.owner, ev.points)),
+                         walk=frame_walk(stacks.layout))
+    backend.start()
+    try:
+        backend.watch(watch)
+        for _ in range(2):
+            events.clear()
+            os.kill(target.pid, signal.SIGUSR1)
+            expected = {}
+            while (words := target.proc.stdout.readline().split())[0] == "EXPECT":
+                expected[int(words[1])] = json.loads(" ".join(words[2:]))
+            assert words == ["DONE"]
+            time.sleep(0.1)
+            backend.drain()
+            by_tid = {t: o for o, t in owners.items()}
+            for tid, counts in expected.items():
+                assert events.get(tid) == [(by_tid[tid], c) for c in counts], tid
+    finally:
+        backend.stop()
+        stacks.close()

@@ -105,6 +105,9 @@ class FrameWalk:
     localsplus: int
     owner: int
     owner_cstack: int  # owner value of C-stack shim frames (no locals); -1: this version has none
+    code: int = -1  # the frame's code object
+    object_type: int = 8  # ob_type
+    var_size: int = 16  # ob_size of a variable-size object (list, tuple)
     tstate_native_tid: int = -1  # the thread state's OS thread id
     # Absolute address of the main GIL's holder (a PyThreadState*) in the target;
     # 0: unknown. A probe that cannot look up its own thread's state (no code to
@@ -121,5 +124,6 @@ def frame_walk(layout: Layout, runtime_addr: int = 0) -> FrameWalk:
         path = (layout.tstate_cframe, layout.cframe_current_frame)
     holder = layout.get("runtime.gil_last_holder")
     return FrameWalk(path, layout.frame_previous, layout.frame_localsplus, layout.frame_owner,
-                     layout.get("frame.owner_cstack", -1), layout.tstate_native_thread_id,
+                     layout.get("frame.owner_cstack", -1), layout.frame_code, layout.object_type,
+                     layout.var_size, layout.tstate_native_thread_id,
                      runtime_addr + holder if runtime_addr and holder is not None else 0)

@@ -25,7 +25,7 @@ _DICT_SUBCLASS = 1 << 29
 _TYPE_SUBCLASS = 1 << 31
 
 # numpy's PyArrayObject_fields / PyArray_Descr: numpy's ABI (1.x and 2.x), not CPython's.
-_NP_DATA, _NP_ND, _NP_DIMENSIONS, _NP_STRIDES, _NP_DESCR, _NP_DESCR_TYPE_NUM = 16, 24, 32, 40, 56, 28
+_NP_DATA, NP_ND, NP_DIMENSIONS, _NP_STRIDES, _NP_DESCR, _NP_DESCR_TYPE_NUM = 16, 24, 32, 40, 56, 28
 _NP_TYPES = {
     0: "bool", 1: "int8", 2: "uint8", 3: "int16", 4: "uint16", 5: "int32", 6: "uint32",
     7: "int64", 8: "uint64", 9: "int64", 10: "uint64", 11: "float32", 12: "float64",
@@ -468,10 +468,10 @@ class ObjectReader:
 
     def _ndarray(self, addr: int) -> ArrayInfo:
         raw = self._read(addr, 64)
-        nd = struct.unpack_from("<i", raw, _NP_ND)[0]
+        nd = struct.unpack_from("<i", raw, NP_ND)[0]
         if not 0 <= nd <= 64:
             raise DecodeError("bad_object", addr, f"ndarray with {nd} dims")
-        dims = struct.unpack_from("<Q", raw, _NP_DIMENSIONS)[0]
+        dims = struct.unpack_from("<Q", raw, NP_DIMENSIONS)[0]
         shape = struct.unpack(f"<{nd}q", self._read(dims, 8 * nd)) if nd else ()
         if any(n < 0 for n in shape):
             raise DecodeError("bad_object", addr, f"ndarray shape {shape}")

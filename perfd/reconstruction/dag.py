@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from perfd.cpython.chains import AwaitChains, task_coroutines
 from perfd.cpython.discovery import Interpreter
@@ -28,13 +28,13 @@ from perfd.errors import MemoryReadError, PerfdError
 from perfd.profile import AppProfile
 from perfd.reconstruction.app_state import AppState, AppStateReader, NodeInfo
 from perfd.reconstruction.calls import CallTracker, CompletedCall
-from perfd.reconstruction.observe import NodeCallFinder
+from perfd.reconstruction.observe import POINT_TYPES, NodeCallFinder, point_types
 from perfd.reconstruction.stats import RATE_WINDOW_S, NodeStats
 from perfd.registry import Registry
 from perfd.sampling import Sampler
 from perfd.snapshot import DagMetrics, DagNodeMetrics, Open3DOpMetrics, WebSocketMetrics, WsTopicMetrics
 from perfd.uprobes.aggregate import UNATTRIBUTED
-from perfd.uprobes.events import OpEvent
+from perfd.uprobes.events import FrameWatch, OpEvent
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,9 @@ class DagSource:
         self.note: str | None = None
         self.ws_fallback = False  # capture is off: publish connection counts from app state
         self.ws_peer_hint = None  # capture's hint_topic(host, port, topic), for connections older than attach
-        self.owner_watch = None  # uprobes' watch(threads, node objects): its probes then name the node
-        self._watched: tuple[dict[int, int], frozenset[int]] = ({}, frozenset())
+        self.owner_watch = None  # uprobes' watch(FrameWatch): its probes then name the node and count its points
+        self._watched = FrameWatch()
+        self._point_types: dict[int, int] = {}  # type object -> SIZED_*, as found in the target
         self._hinted: set[tuple[str, int, str]] = set()
         self._derived_base: dict[str, int] | None = None
 
@@ -272,10 +273,23 @@ class DagSource:
                     self._profile(node, t)
 
     def _update_watch(self, sample: Sample, addrs: frozenset[int]) -> None:
-        tstates = {t.native_thread_id: t.tstate_addr for t in sample.threads}
-        if (tstates, addrs) != self._watched:
-            self._watched = (tstates, addrs)
-            self.owner_watch(tstates, set(addrs))
+        watch = FrameWatch({t.native_thread_id: t.tstate_addr for t in sample.threads}, addrs,
+                           self._thread_finder.point_slots, self._point_types)
+        if watch != self._watched:
+            self._watched = replace(watch, point_slots=dict(watch.point_slots))
+            self.owner_watch(self._watched)
+
+    def op_points(self, ev: OpEvent) -> None:
+        """Points a node call had when one of its Open3D ops began (the op probe
+        reads them in the node method's frame): the last_point_count of calls
+        the tracker missed — all but the shortest it sees from their start."""
+        node = self._node_addrs.get(ev.owner) if ev.owner and ev.points is not None else None
+        if node is None:
+            return
+        with self._lock:
+            changed = self._node(node).op_points(ev.start_ns / 1e9, ev.points)
+        if changed:
+            self.publish_dag()
 
     def frame_walk(self) -> FrameWalk:
         """The target's frame offsets, for probes that name the node calling them."""
@@ -388,6 +402,8 @@ class DagSource:
         self._app = state
         if full:
             self._node_addrs = {n.address: n.node_id for n in state.nodes.values()}
+            if len(self._point_types) < len(POINT_TYPES):  # numpy may be imported late
+                self._point_types = point_types(stacks)
             if self.ws_peer_hint is not None:
                 for peer in set(state.ws_peers) - self._hinted:
                     self.ws_peer_hint(*peer)

@@ -9,6 +9,8 @@ and re-checked by pointer, never trusted across calls.
 
 Worker threads (``asyncio.to_thread``) are tied to a node when one of their
 frames has a node object as ``self``: the node's own method is running there.
+Those methods that also have the profile's points local are remembered
+(``point_slots``): the Open3D op probe reads the call's points there.
 """
 
 from __future__ import annotations
@@ -25,13 +27,24 @@ from perfd.errors import MemoryReadError
 from perfd.profile import AppProfile
 from perfd.reconstruction.app_state import point_count
 from perfd.reconstruction.calls import CallObservation
+from perfd.uprobes.events import SIZED_NDARRAY, SIZED_VAR
 
 _Q = struct.Struct("<Q")
+POINT_SLOTS_MAX = 1024  # the probe's map size
+# Types whose len() the op probe can take: (module, name) -> how
+POINT_TYPES = {("numpy", "ndarray"): SIZED_NDARRAY, ("builtins", "list"): SIZED_VAR, ("builtins", "tuple"): SIZED_VAR}
+
+
+def point_types(stacks: StackReader) -> dict[int, int]:
+    """Type object address -> SIZED_*, for the POINT_TYPES the target has imported."""
+    return {addr: how for (module, name), how in POINT_TYPES.items() if (addr := stacks.module_global(module, name))}
 
 
 class NodeCallFinder:
     def __init__(self, profile: AppProfile, stacks: StackReader) -> None:
         self.entry = profile.node_entry
+        self.points_local = profile.node.points_local
+        self.point_slots: dict[int, int] = {}  # code of a method (self first) -> index of its points local
         self.stacks = stacks
         self._is_entry: dict[int, bool] = {}  # code address -> node-entry?
         self._slots: dict[int, tuple[int, int, int]] = {}  # code address -> (id, node, payload) local indices
@@ -178,5 +191,7 @@ class NodeCallFinder:
             names = code.local_names or []
             if names and names[0] == "self":
                 index = 0
+                if self.points_local in names and len(self.point_slots) < POINT_SLOTS_MAX:
+                    self.point_slots[frame.code_addr] = names.index(self.points_local)
         self._self_slot[frame.code_addr] = index
         return index

@@ -25,6 +25,7 @@ class NodeStats:
     untimed_ms: deque = field(default_factory=lambda: deque(maxlen=AVG_WINDOW))  # the rest, as estimated
     completed: deque = field(default_factory=deque)  # (end_mono, points) within the rate window
     last_point_count: int = 0
+    points_at: float = 0.0  # monotonic s of the call start (or op start) last_point_count is from
     last_seen_ts: float = 0.0
     untimed_calls: int = 0  # counted, but endpoints too uncertain to time
 
@@ -32,6 +33,18 @@ class NodeStats:
         self.last_seen_ts = call.start_wall
         if call.points is not None:
             self.last_point_count = call.points
+            self.points_at = call.start_mono
+
+    def op_points(self, at_mono: float, points: int) -> bool:
+        """Points of the call running an op that began at ``at_mono``: newer than
+        the last call seen starting means a call the tracker missed. True when
+        last_point_count changed."""
+        if at_mono <= self.points_at:
+            return False
+        self.points_at = at_mono
+        changed = points != self.last_point_count
+        self.last_point_count = points
+        return changed
 
     def finished(self, call: CompletedCall) -> None:
         self.calls_total += 1

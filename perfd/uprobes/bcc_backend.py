@@ -14,12 +14,13 @@ from importlib.resources import files
 from typing import Callable
 
 from perfd.cpython.layouts import FrameWalk
-from perfd.uprobes.events import OpEvent, PairingStats
+from perfd.cpython.objects import NP_DIMENSIONS, NP_ND
+from perfd.uprobes.events import FrameWatch, OpEvent, PairingStats
 from perfd.uprobes.multi import BPF_TRACE_UPROBE_MULTI, UprobeMultiError, attach_multi, detach_all, uprobe_multi_supported
 from perfd.uprobes.symbols import Resolution
 
 BPF_SOURCE = "open3d_ops.bpf.c"
-READ_INTERVAL_S = 0.1
+READ_INTERVAL_S = 0.02  # points of a node call the tracker missed reach the dag this late
 
 
 class BccError(RuntimeError):
@@ -35,6 +36,7 @@ class _Event(ctypes.Structure):
         ("start_ns", ctypes.c_uint64),
         ("duration_ns", ctypes.c_uint64),
         ("owner", ctypes.c_uint64),
+        ("points", ctypes.c_uint64),  # 1 + count; 0: not read
     ]
 
 
@@ -78,7 +80,9 @@ def frame_walk_flags(walk: FrameWalk | None) -> list[str]:
     first, second = (*walk.tstate_to_frame, -1)[:2]
     return ["-DPERFD_PYFRAMES", f"-DPY_TSTATE_FRAME1={first}", f"-DPY_TSTATE_FRAME2={second}",
             f"-DPY_FRAME_PREVIOUS={walk.previous}", f"-DPY_FRAME_LOCALSPLUS={walk.localsplus}",
-            f"-DPY_FRAME_OWNER={walk.owner}", f"-DPY_OWNER_CSTACK={walk.owner_cstack}"]
+            f"-DPY_FRAME_OWNER={walk.owner}", f"-DPY_OWNER_CSTACK={walk.owner_cstack}",
+            f"-DPY_FRAME_CODE={walk.code}", f"-DPY_OBJECT_TYPE={walk.object_type}", f"-DPY_VAR_SIZE={walk.var_size}",
+            f"-DNP_ND={NP_ND}", f"-DNP_DIMENSIONS={NP_DIMENSIONS}"]
 
 
 def compile_program(pid: int, op_ids: list[int], walk: FrameWalk | None = None):
@@ -205,17 +209,20 @@ class BccBackend:
         ev = ctypes.cast(data, ctypes.POINTER(_Event)).contents
         ops = self.resolution.ops
         if ev.op < len(ops):
-            self.on_event(OpEvent(ev.tid, ops[ev.op], ev.start_ns, ev.duration_ns, ev.depth, ev.owner))
+            self.on_event(OpEvent(ev.tid, ops[ev.op], ev.start_ns, ev.duration_ns, ev.depth, ev.owner,
+                                  ev.points - 1 if ev.points else None))
 
-    def watch(self, tstates: dict[int, int], owners: set[int]) -> None:
-        """Tell the entry probe the target's threads (native id -> PyThreadState)
-        and the objects to look for as ``self`` in their frames (node objects).
-        Replaces the previous sets; a no-op without a frame walk."""
+    def watch(self, watch: FrameWatch) -> None:
+        """Tell the entry probe the target's threads, the objects to look for as
+        ``self`` in their frames (node objects) and where those keep their
+        points. Replaces what it was told before; a no-op without a frame walk."""
         with self._drain_lock:
             if self._bpf is None or self.walk is None:
                 return
-            _replace(self._bpf["py_tstates"], tstates)
-            _replace(self._bpf["py_owners"], dict.fromkeys(owners, 1))
+            _replace(self._bpf["py_tstates"], dict(watch.tstates))
+            _replace(self._bpf["py_owners"], dict.fromkeys(watch.owners, 1))
+            _replace(self._bpf["py_point_slots"], dict(watch.point_slots))
+            _replace(self._bpf["py_point_types"], dict(watch.point_types))
 
     def _poll_loop(self) -> None:
         # A timer, not epoll: the program writes without wakeups (see the .bpf.c).

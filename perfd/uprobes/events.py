@@ -10,6 +10,7 @@ instead of shifting every later pair.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 RETURN_SP_DELTA = 8  # the return address popped by ``ret``
 SCAN_FRAMES = 8  # frames below the top searched for a return's entry (as the BPF side)
@@ -23,6 +24,21 @@ class OpEvent:
     duration_ns: int
     depth: int  # probed calls already open on this thread (0 = outermost)
     owner: int = 0  # watched object (a node) found in the thread's Python frames at entry; 0: none/not walked
+    points: int | None = None  # len() of the owner's points local at entry (bcc); None: not read
+
+
+SIZED_NDARRAY = 1  # counted by its first dimension
+SIZED_VAR = 2  # counted by ob_size (list, tuple)
+
+
+@dataclass(frozen=True)
+class FrameWatch:
+    """What the entry probe looks for in the calling thread's Python frames."""
+
+    tstates: Mapping[int, int] = field(default_factory=dict)  # native thread id -> PyThreadState
+    owners: frozenset[int] = frozenset()  # objects whose methods' op calls name them (DAG nodes)
+    point_slots: Mapping[int, int] = field(default_factory=dict)  # code object -> index of its points local
+    point_types: Mapping[int, int] = field(default_factory=dict)  # type object -> SIZED_NDARRAY / SIZED_VAR
 
 
 @dataclass

@@ -19,7 +19,7 @@ from perfd.errors import PerfdError, UsageError
 from perfd.snapshot import Open3DOpMetrics
 from perfd.uprobes.aggregate import UNATTRIBUTED, Attribute, OpAggregator
 from perfd.uprobes.bcc_backend import BccBackend, BccError
-from perfd.uprobes.events import OpEvent, PairingStats
+from perfd.uprobes.events import FrameWatch, OpEvent, PairingStats
 from perfd.uprobes.spec import OpSpec, load_spec
 from perfd.uprobes.symbols import Resolution, open3d_candidates, resolve
 from perfd.uprobes.tracefs import TracefsBackend, TracefsError
@@ -37,7 +37,7 @@ class Backend(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def drain(self) -> int | None: ...  # tracefs: bytes read (it paces its reader by them)
-    def watch(self, tstates: dict[int, int], owners: set[int]) -> None: ...
+    def watch(self, watch: FrameWatch) -> None: ...
     @property
     def stats(self) -> PairingStats: ...
 
@@ -84,7 +84,7 @@ class UprobeSource:
         self.requested = backend
         self.spec = spec if spec is not None else load_spec()
         self.walk = walk  # the target's frame offsets: entries then name the node calling them
-        self._watched: tuple[dict[int, int], set[int]] = ({}, set())
+        self._watched = FrameWatch()
         self.aggregator = OpAggregator(attribute)
         self.resolution: Resolution | None = None
         self.backend: Backend | None = None
@@ -97,7 +97,7 @@ class UprobeSource:
 
     def add_listener(self, listener: Callable[[OpEvent], None]) -> None:
         """Also hand every completed call (nested ones too) to ``listener``,
-        on the backend's reader thread; for tracing and tests."""
+        on the backend's reader thread, as it is read (attribution waits)."""
         self._listeners.append(listener)
 
     @property
@@ -130,7 +130,7 @@ class UprobeSource:
             return False
         try:
             self.backend = self._start_backend()
-            self.backend.watch(*self._watched)
+            self.backend.watch(self._watched)
         except (BccError, TracefsError) as e:
             self.registry.set_source(SOURCE, False, str(e))
             return False
@@ -175,12 +175,12 @@ class UprobeSource:
             notes.append(f"ops placed from samples only: the kernel took no frame arguments ({backend.frames_refused})")
         return "; ".join(notes) or None
 
-    def watch(self, tstates: dict[int, int], owners: set[int]) -> None:
-        """The target's threads (native id -> thread state) and the objects whose
-        methods' ops should name them (node objects); kept for a later attach."""
-        self._watched = (dict(tstates), set(owners))
+    def watch(self, watch: FrameWatch) -> None:
+        """The target's threads and the objects whose methods' ops should name
+        them (node objects), with where they keep their points; kept for a later attach."""
+        self._watched = watch
         if self.backend is not None:
-            self.backend.watch(tstates, owners)
+            self.backend.watch(watch)
 
     def _on_event(self, ev: OpEvent) -> None:
         self.aggregator.add(ev)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from perfd.cpython.layouts import FrameWalk
-from perfd.uprobes.events import CallPairer, OpEvent, PairingStats
+from perfd.uprobes.events import CallPairer, FrameWatch, OpEvent, PairingStats
 from perfd.uprobes.symbols import ProbePoint, Resolution
 
 log = logging.getLogger(__name__)
@@ -347,10 +347,11 @@ class TracefsBackend:
         while not self._stop.wait(interval):
             interval = BUSY_READ_INTERVAL_S if self.drain() >= BUSY_BYTES else READ_INTERVAL_S
 
-    def watch(self, tstates: dict[int, int], owners: set[int]) -> None:
+    def watch(self, watch: FrameWatch) -> None:
         """Objects (nodes) an entry may name. Thread states are not needed: the
-        probe starts from the GIL holder and checks it is the calling thread."""
-        self.decoder.owners = frozenset(owners)
+        probe starts from the GIL holder and checks it is the calling thread.
+        Points are not read: fetch arguments cannot follow a code-dependent slot."""
+        self.decoder.owners = frozenset(watch.owners)
 
     def drain(self) -> int:
         """Consume what is buffered now; returns the bytes read."""
