@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import require, wait_for
 from dag_compare import record, table
 from demo_helpers import demo_factory  # noqa: F401 - fixture
+from perfd.uprobes import check_backends
 from perfd_process import PerfdServer, validate
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,10 @@ def _window(demo, server: PerfdServer, seconds: float):
 
 
 def test_default_demo_at_250hz(demo_factory, snapshot_schema):  # noqa: F811
+    # last_point_count of the calls too short for the call tracker comes from the
+    # Open3D op probe, which reads it with bcc only
+    check = next(c for c in check_backends() if c.backend == "bcc")
+    require("uprobes backend bcc", check.works, check.detail)
     demo = demo_factory(clients=1)
     with _attach(demo) as server:
         window = _window(demo, server, 30)
@@ -47,14 +52,12 @@ def test_default_demo_at_250hz(demo_factory, snapshot_schema):  # noqa: F811
         assert abs(r.calls_error) <= 0.03 or abs(r.calls - r.gt_calls) <= 1, r
         assert abs(r.pps_error) <= 0.10, r
         assert r.throttled_diff <= 1 and r.queue_diff <= 1, r
+        assert r.points_equal_share >= 0.90, r
         assert r.coverage is not None, r
-        timed = abs(r.avg_error) <= 0.10 and r.points_equal_share >= 0.90
         # A node whose calls the tracker sees (nearly) all of is held to the full bar.
-        # Below 0.95 is the known gap: the plane leaf at 0.89-0.93 coverage has read
-        # 72-93% points-equal (README, bench/accuracy.py) — same cause, missed calls.
         if r.coverage >= 0.95:
-            assert timed, r
-        elif not timed:
+            assert abs(r.avg_error) <= 0.10, r
+        elif abs(r.avg_error) > 0.10:
             short_of_the_bar.append(r)
     gt, snap = window.pairs[-1]
     assert snap["dag"]["total_nodes"] == gt["dag"]["total_nodes"]
@@ -62,14 +65,12 @@ def test_default_demo_at_250hz(demo_factory, snapshot_schema):  # noqa: F811
     assert "OS threads" not in (snap["perfd"]["sources"]["system"]["reason"] or "")
     if short_of_the_bar:
         # Known gap (issue: DAG reconstruction): the plane leaf, the pipeline's
-        # shortest calls, some of which the 1 kHz tracker misses whole (neither a
-        # faster tracker nor a quieter perfd recovers them: bench/tracking.py; a
-        # real-time one does, at a cost to the target: bench/realtime.py); its
-        # count is exact, its coverage reported, its points not yet within the bar.
-        # Everything else above held.
-        pytest.xfail("below the bar at coverage < 0.95: " + "; ".join(
-            f"{r.name} avg {100 * r.avg_error:+.1f}%, points equal {100 * r.points_equal_share:.0f}%, "
-            f"coverage {r.coverage:.2f}" for r in short_of_the_bar))
+        # shortest calls, some of which the 1 kHz tracker misses whole — those
+        # that end soonest after their Open3D op — so the mean of the ones it
+        # timed reads high (+2 to +9% in the runs README quotes). Its count is
+        # exact, its points right, its coverage reported. Everything else above held.
+        pytest.xfail("mean outside ±10% at coverage < 0.95: " + "; ".join(
+            f"{r.name} avg {100 * r.avg_error:+.1f}%, coverage {r.coverage:.2f}" for r in short_of_the_bar))
 
 
 def test_a_long_node_is_exact_and_a_short_one_is_never_silently_undercounted(demo_factory):  # noqa: F811

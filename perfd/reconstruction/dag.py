@@ -291,6 +291,15 @@ class DagSource:
         if changed:
             self.publish_dag()
 
+    def recent_calls(self) -> list[CompletedCall]:
+        """The last completed calls the tracker saw (up to SPANS_MAX), oldest first."""
+        with self._lock:
+            return list(self._spans)
+
+    def node_of(self, addr: int) -> str | None:
+        """The id of the node object at ``addr`` (as of the last registry read)."""
+        return self._node_addrs.get(addr)
+
     def frame_walk(self) -> FrameWalk:
         """The target's frame offsets, for probes that name the node calling them."""
         reader = self._slow[0]
