@@ -3,10 +3,10 @@
 
 Same target and paired windows as bench/sampler.py (B P B P …, each P
 against the two B around it), perfd's Sampler at --rate with its thread at
-nice -5 (the default), 0, +10 and SCHED_IDLE (runs only when a core is
-otherwise idle). Prints achieved rate, CPU and the slowdown with its 95% CI.
+nice -5 (the default), 0, +10, SCHED_BATCH (never preempts on waking) and
+SCHED_IDLE (runs only when a core is otherwise idle). Prints achieved rate, CPU and the slowdown with its 95% CI.
 
-Usage: python bench/sampler_priority.py [--python 3.12] [--rate 1000] [--repeats 6] [--window 2]
+Usage: python bench/sampler_priority.py [--python 3.12] [--rate 1000] [--repeats 6] [--window 2] [--modes ...]
 """
 
 from __future__ import annotations
@@ -24,18 +24,38 @@ from sampler import BenchTarget, paired, pyenv_python, slowdown, with_perfd  # n
 from perfd.cpython.discovery import locate_interpreter  # noqa: E402
 from perfd.sampling import Sampler  # noqa: E402
 
-MODES = (-5, 0, 10, "SCHED_IDLE")
+# (policy, nice); the thread's nice is left alone for SCHED_IDLE (it has none)
+MODES = (("SCHED_OTHER", -5), ("SCHED_OTHER", 0), ("SCHED_OTHER", 10), ("SCHED_BATCH", 0),
+         ("SCHED_BATCH", -5), ("SCHED_IDLE", None))
 
 
-class IdleSampler(Sampler):
+class PolicySampler(Sampler):
+    def __init__(self, *args, policy: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+
     def _raise_priority(self) -> None:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(0, self.policy, os.sched_param(0))
+        super()._raise_priority()
 
 
-def sampler_for(pid: int, rate: float, mode: int | str) -> Sampler:
-    if mode == "SCHED_IDLE":
-        return IdleSampler(locate_interpreter(pid), rate, nice=None)
-    return Sampler(locate_interpreter(pid), rate, nice=mode)
+def sampler_for(pid: int, rate: float, mode: tuple[str, int | None]) -> Sampler:
+    policy, nice = mode
+    return PolicySampler(locate_interpreter(pid), rate, nice=nice, policy=getattr(os, policy))
+
+
+def label(mode: tuple[str, int | None]) -> str:
+    policy, nice = mode
+    return policy if nice is None else f"{policy} {nice:+d}"
+
+
+def parse_modes(text: str) -> tuple[tuple[str, int | None], ...]:
+    """``SCHED_OTHER:-5,SCHED_IDLE`` -> ((SCHED_OTHER, -5), (SCHED_IDLE, None))."""
+    out = []
+    for item in text.split(","):
+        policy, _, nice = item.partition(":")
+        out.append((policy, int(nice) if nice else None))
+    return tuple(out)
 
 
 def main() -> int:
@@ -44,21 +64,21 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--window", type=float, default=2.0)
+    ap.add_argument("--modes", type=parse_modes, default=MODES, help="e.g. SCHED_OTHER:-5,SCHED_IDLE")
     args = ap.parse_args()
     target = BenchTarget(pyenv_python(args.python))
     try:
-        rows: dict[object, list[dict]] = {m: [] for m in MODES}
+        rows: dict[object, list[dict]] = {m: [] for m in args.modes}
         base = [target.work_rate(args.window)]
         for _ in range(args.repeats):
-            for mode in MODES:
+            for mode in args.modes:
                 sampler = sampler_for(target.proc.pid, args.rate, mode)
                 paired(target, args.window, base, with_perfd(target, args.rate, args.window, sampler), rows[mode])
         print(f"CPython {args.python}, sampler at {args.rate:g} Hz, {args.repeats} pairs of {args.window:g} s per mode")
         print(f"{'thread priority':>16} | {'achieved Hz':>11} {'CPU %':>6} | {'slowdown % (95% CI)':>21}")
-        for mode in MODES:
+        for mode in args.modes:
             r = rows[mode]
-            label = mode if isinstance(mode, str) else f"nice {mode:+d}"
-            print(f"{label:>16} | {statistics.mean(x['achieved'] for x in r):>11.1f} "
+            print(f"{label(mode):>16} | {statistics.mean(x['achieved'] for x in r):>11.1f} "
                   f"{statistics.mean(x['cpu'] for x in r):>6.1f} | {slowdown(r):>21}")
     finally:
         target.stop()
