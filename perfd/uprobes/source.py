@@ -171,8 +171,10 @@ class UprobeSource:
         if self.fallback_reason:
             notes.append(f"tracefs backend ({self.fallback_reason})")
         backend = self.backend
-        if isinstance(backend, TracefsBackend) and self.walk is not None and not backend.frame_depth:
-            notes.append(f"ops placed from samples only: the kernel took no frame arguments ({backend.frames_refused})")
+        if isinstance(backend, TracefsBackend) and self.walk is not None:
+            if not backend.frame_depth:
+                notes.append(f"ops placed from samples only: the kernel took no frame arguments ({backend.frames_refused})")
+            notes.append("no point counts from ops (bcc only): a node call the tracker misses keeps the last one seen")
         return "; ".join(notes) or None
 
     def watch(self, watch: FrameWatch) -> None:
