@@ -118,7 +118,7 @@ class Engine:
             if dag is not None:
                 dag.ops_by_node = uprobes.ops_by_node
                 dag.owner_watch = uprobes.watch
-                uprobes.add_listener(dag.op_points)
+                uprobes.add_listener(dag.on_op)
         else:
             self.registry.set_source("uprobes", False, "switched off (--no-uprobes)")
         if opts.capture:

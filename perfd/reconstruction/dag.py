@@ -28,6 +28,7 @@ from perfd.errors import MemoryReadError, PerfdError
 from perfd.profile import AppProfile
 from perfd.reconstruction.app_state import AppState, AppStateReader, NodeInfo
 from perfd.reconstruction.calls import CallTracker, CompletedCall
+from perfd.reconstruction.missed_calls import Look, MissedCalls, OpSpan
 from perfd.reconstruction.observe import POINT_TYPES, NodeCallFinder, point_types
 from perfd.reconstruction.stats import RATE_WINDOW_S, NodeStats
 from perfd.registry import Registry
@@ -108,6 +109,7 @@ class DagSource:
         self.sampler = Sampler(interpreter, rate_hz, self._on_sample)
         self._near_ns = int(NEAR_PERIODS * 1e9 / rate_hz)  # a worker's samples this close to an op tell its node
         self.tracker = CallTracker()
+        self.missed = MissedCalls()  # calls the tracker missed, placed from their Open3D ops
         self.stats: dict[str, NodeStats] = {}
         self.profiles: dict[str, Counter] = {}
         self.timelines: dict[int, _Timeline] = {}
@@ -203,8 +205,13 @@ class DagSource:
         except (MemoryReadError, PerfdError):
             self.track_failures += 1
             return
+        # a running level cuts the chain (what it runs is on the thread's stack); the
+        # levels above it may read "suspended" when the look straddles a step boundary
+        running = {c.root for c in current.values() if any(lv.state == "running" for lv in c.levels)}
+        self.missed.add_look(Look(mono_ns, time.monotonic_ns(),
+                                  not running and all(c.complete for c in current.values())))
         observations = finder.calls(current)
-        alive = self._alive_while_running(chains, current, observations)
+        alive = self._alive_while_running(chains, running, observations)
         self._gen_nodes = {o.key[0]: o.node_id for o in observations}
         complete = self._complete(mono_ns, current)
         with self._lock:
@@ -232,13 +239,10 @@ class DagSource:
             self._incomplete_since = mono_ns
         return mono_ns - self._incomplete_since > INCOMPLETE_LIMIT_S * 1e9
 
-    def _alive_while_running(self, chains: AwaitChains, current: dict, observations: list) -> set:
+    def _alive_while_running(self, chains: AwaitChains, running: set[int], observations: list) -> set:
         """Calls hidden because their task is executing (its chain is on the loop
-        thread's stack) but whose coroutine is still running or suspended: a
-        one-part-per-call read of the coroutines' state bytes tells."""
-        # a running level cuts the chain (what it runs is on the thread's stack); the
-        # levels above it may read "suspended" when the look straddles a step boundary
-        running = {c.root for c in current.values() if any(lv.state == "running" for lv in c.levels)}
+        thread's stack: ``running`` roots) but whose coroutine is still running or
+        suspended: a one-part-per-call read of the coroutines' state bytes tells."""
         if not running:
             return set()
         candidates = self.tracker.unseen_candidates({o.key for o in observations}, running)
@@ -279,17 +283,37 @@ class DagSource:
             self._watched = replace(watch, point_slots=dict(watch.point_slots))
             self.owner_watch(self._watched)
 
-    def op_points(self, ev: OpEvent) -> None:
-        """Points a node call had when one of its Open3D ops began (the op probe
-        reads them in the node method's frame): the last_point_count of calls
-        the tracker missed — all but the shortest it sees from their start."""
-        node = self._node_addrs.get(ev.owner) if ev.owner and ev.points is not None else None
+    def on_op(self, ev: OpEvent) -> None:
+        """An Open3D op the probe placed on a node (``owner``), as it is read:
+        the points its call had when it began (read in the node method's frame:
+        last_point_count of calls the tracker missed, all but the shortest it
+        sees from their start), and its span, to time a call the tracker missed."""
+        node = self._node_addrs.get(ev.owner) if ev.owner and ev.depth == 0 else None
         if node is None:
+            return
+        self.missed.add_op(node, OpSpan(ev.tid, ev.start_ns, ev.start_ns + ev.duration_ns, ev.points))
+        if ev.points is None:
             return
         with self._lock:
             changed = self._node(node).op_points(ev.start_ns / 1e9, ev.points)
         if changed:
             self.publish_dag()
+
+    def _time_missed_calls(self) -> None:
+        """Calls the tracker missed, placed from their ops, up to what the app's
+        exact counts say is missing (none without them: nothing is invented)."""
+        derived = self._app.derived_calls()
+        if derived is None or self._derived_base is None:
+            return
+        with self._lock:
+            exact = self._exact_calls(derived, self.tracker.in_flight())
+            room = {n: c - self._node(n).calls_total - self._node(n).op_calls for n, c in exact.items()}
+            tracked, running = list(self._spans), list(self.tracker.open.values())
+        calls = self.missed.take(time.monotonic_ns(), tracked, running, room, time.time() - time.monotonic())
+        if calls:
+            with self._lock:
+                for call in calls:
+                    self._node(call.node_id).missed_finished(call)
 
     def recent_calls(self) -> list[CompletedCall]:
         """The last completed calls the tracker saw (up to SPANS_MAX), oldest first."""
@@ -443,6 +467,7 @@ class DagSource:
                      for node_id in ids]
             coverage = {n: {"observed_calls": self._node(n).calls_total, "exact_calls": c,
                             "untimed_calls": self._node(n).untimed_calls,
+                            "placed_from_ops": self._node(n).op_calls,
                             "coverage": round(self._node(n).calls_total / c, 3) if c else None}
                         for n, c in exact.items()}
             # Published under the lock: the tracker thread publishes on every call
@@ -464,6 +489,7 @@ class DagSource:
         """Everything this source owns: dag, app-derived system fields, self-report."""
         state = self._app
         ops = self.ops_by_node() if self.ops_by_node else {}
+        self._time_missed_calls()
         coverage = self.publish_dag(ops)
         now = time.monotonic()
         # How many calls the sampler itself saw, against the exact count from app

@@ -28,6 +28,8 @@ class NodeStats:
     points_at: float = 0.0  # monotonic s of the call start (or op start) last_point_count is from
     last_seen_ts: float = 0.0
     untimed_calls: int = 0  # counted, but endpoints too uncertain to time
+    op_calls: int = 0  # calls the tracker missed, placed from their Open3D ops (not in calls_total)
+    last_end: float = 0.0  # monotonic s: end of the latest completed call
 
     def started(self, call: OpenCall) -> None:
         self.last_seen_ts = call.start_wall
@@ -48,16 +50,31 @@ class NodeStats:
 
     def finished(self, call: CompletedCall) -> None:
         self.calls_total += 1
+        self._add(call)
+
+    def missed_finished(self, call: CompletedCall) -> None:
+        """A call the tracker missed, placed from its ops (``MissedCalls``) a
+        moment after it ended: newer calls may have finished meanwhile."""
+        self.op_calls += 1
+        self._add(call)
+
+    def _add(self, call: CompletedCall) -> None:
+        latest = call.end_mono >= self.last_end
+        self.last_end = max(self.last_end, call.end_mono)
         if call.points is not None:  # unread points are estimated from the others (throughput_pps)
-            self.completed.append((call.end_mono, call.points))
+            i = len(self.completed)
+            while i and self.completed[i - 1][0] > call.end_mono:  # kept in end order: the window is cut from the left
+                i -= 1
+            self.completed.insert(i, (call.end_mono, call.points))
         ms = call.duration_s * 1000.0
         if call.uncertainty > max(MAX_TIMING_UNCERTAINTY_S, MAX_TIMING_UNCERTAINTY_SHARE * call.duration_s):
             self.untimed_calls += 1
             self.untimed_ms.append(ms)
-            if not self.recent_ms:
+            if not self.recent_ms and latest:
                 self.last_exec_ms = ms
             return
-        self.last_exec_ms = ms
+        if latest:
+            self.last_exec_ms = ms
         self.recent_ms.append(ms)
 
     @property
