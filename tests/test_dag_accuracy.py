@@ -35,8 +35,8 @@ def _window(demo, server: PerfdServer, seconds: float):
 
 
 def test_default_demo_at_250hz(demo_factory, snapshot_schema):  # noqa: F811
-    # last_point_count of the calls too short for the call tracker comes from the
-    # Open3D op probe, which reads it with bcc only
+    # the calls too short for the call tracker are timed from, and their
+    # last_point_count read by, the Open3D op probe (points: with bcc only)
     check = next(c for c in check_backends() if c.backend == "bcc")
     require("uprobes backend bcc", check.works, check.detail)
     demo = demo_factory(clients=1)
@@ -46,31 +46,22 @@ def test_default_demo_at_250hz(demo_factory, snapshot_schema):  # noqa: F811
     rows = [r for r in window.compare() if r.gt_calls > 0]
     print("\n" + table(rows))
     assert len(rows) >= 5
-    short_of_the_bar = []
     for r in rows:
         assert (r.name, r.node_type) == (r.gt_name, r.gt_type)
         assert abs(r.calls_error) <= 0.03 or abs(r.calls - r.gt_calls) <= 1, r
         assert abs(r.pps_error) <= 0.10, r
         assert r.throttled_diff <= 1 and r.queue_diff <= 1, r
         assert r.points_equal_share >= 0.90, r
+        # every node, also the plane leaf whose shortest calls the tracker misses
+        # (0.88-0.95 of them seen): those are placed from their Open3D ops
+        assert abs(r.avg_error) <= 0.10, r
         assert r.coverage is not None, r
-        # A node whose calls the tracker sees (nearly) all of is held to the full bar.
-        if r.coverage >= 0.95:
-            assert abs(r.avg_error) <= 0.10, r
-        elif abs(r.avg_error) > 0.10:
-            short_of_the_bar.append(r)
     gt, snap = window.pairs[-1]
     assert snap["dag"]["total_nodes"] == gt["dag"]["total_nodes"]
     assert snap["system"]["thread_count"] >= 2  # Python threads, from the interpreter's list
     assert "OS threads" not in (snap["perfd"]["sources"]["system"]["reason"] or "")
-    if short_of_the_bar:
-        # Known gap (issue: DAG reconstruction): the plane leaf, the pipeline's
-        # shortest calls, some of which the 1 kHz tracker misses whole — those
-        # that end soonest after their Open3D op — so the mean of the ones it
-        # timed reads high (+2 to +9% in the runs README quotes). Its count is
-        # exact, its points right, its coverage reported. Everything else above held.
-        pytest.xfail("mean outside ±10% at coverage < 0.95: " + "; ".join(
-            f"{r.name} avg {100 * r.avg_error:+.1f}%, coverage {r.coverage:.2f}" for r in short_of_the_bar))
+    for node, c in snap["perfd"]["dag_calls"].items():  # seen + placed from ops: never more than happened
+        assert c["observed_calls"] + c["placed_from_ops"] <= c["exact_calls"] + 1, (node, c)
 
 
 def test_a_long_node_is_exact_and_a_short_one_is_never_silently_undercounted(demo_factory):  # noqa: F811
