@@ -81,6 +81,12 @@ static __always_inline void count(u32 which) {
         count(ABANDONED_ENTRIES);                                         \
     }
 
+// What the entry probe found in the calling thread's Python frames.
+struct py_found {
+    u64 owner;
+    u64 points;  // 1 + count; 0: none
+};
+
 #ifdef PERFD_PYFRAMES
 #define PY_MAX_FRAMES 12   // frames searched for an owner
 #define PY_POINT_FRAMES 4  // the owner's frame and its callers searched for its points
@@ -91,11 +97,6 @@ BPF_HASH(py_tstates, u32, u64, 4096);
 BPF_HASH(py_owners, u64, u8, 4096);
 BPF_HASH(py_point_slots, u64, u32, 1024);  // code object -> index of its points local
 BPF_HASH(py_point_types, u64, u32, 16);    // type object -> SIZED_*
-
-struct py_found {
-    u64 owner;
-    u64 points;  // 1 + count; 0: none
-};
 
 static __always_inline u64 read_ptr(u64 addr) {
     u64 v = 0;
@@ -168,10 +169,6 @@ static __always_inline void py_find(u32 tid, struct py_found *out) {
     out->owner = owner;
 }
 #else
-struct py_found {
-    u64 owner;
-    u64 points;
-};
 static __always_inline void py_find(u32 tid, struct py_found *out) {}
 #endif
 

@@ -284,10 +284,11 @@ class DagSource:
             self.owner_watch(self._watched)
 
     def on_op(self, ev: OpEvent) -> None:
-        """An Open3D op the probe placed on a node (``owner``), as it is read:
-        the points its call had when it began (read in the node method's frame:
-        last_point_count of calls the tracker missed, all but the shortest it
-        sees from their start), and its span, to time a call the tracker missed."""
+        """An Open3D op the probe placed on a node (``owner``), as it is read.
+        Its span goes to ``MissedCalls`` (a call the tracker missed is placed
+        from its ops); the points its call had (the probe reads them in the node
+        method's frame) update last_point_count when the op is newer than the
+        last call the tracker saw begin."""
         node = self._node_addrs.get(ev.owner) if ev.owner and ev.depth == 0 else None
         if node is None:
             return

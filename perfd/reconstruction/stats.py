@@ -56,6 +56,7 @@ class NodeStats:
         """A call the tracker missed, placed from its ops (``MissedCalls``) a
         moment after it ended: newer calls may have finished meanwhile."""
         self.op_calls += 1
+        self.last_seen_ts = max(self.last_seen_ts, call.start_wall)
         self._add(call)
 
     def _add(self, call: CompletedCall) -> None:
