@@ -18,9 +18,10 @@ owner, ``MAIN <native tid> <calls>``; each SIGUSR1 runs one round and prints
 """
 
 import ctypes
-import signal
 import sys
 import threading
+
+from round_threads import RoundThread, block_rounds, serve_rounds
 
 libc = (ctypes.PyDLL if sys.argv[1:] == ["pydll"] else ctypes.CDLL)("libc.so.6")
 ROUNDS = {"direct": 30, "nested": 40, "via_c": 50}
@@ -42,21 +43,9 @@ def _once(fn):
     return fn()
 
 
-class Owner:
-    def __init__(self, name):
-        self.name = name
-        self.go = threading.Event()
-        self.done = threading.Event()
-        self.ready = threading.Event()
-
-    def serve(self):
-        self.tid = threading.get_native_id()
-        self.ready.set()
-        while True:
-            self.go.wait()
-            self.go.clear()
-            getattr(self, self.name)(ROUNDS[self.name])
-            self.done.set()
+class Owner(RoundThread):
+    def round(self):
+        getattr(self, self.name)(ROUNDS[self.name])
 
     def direct(self, n):
         for _ in range(n):
@@ -71,20 +60,18 @@ class Owner:
 
 owners = [Owner(name) for name in ROUNDS]
 for o in owners:
-    threading.Thread(target=o.serve, daemon=True).start()
-    o.ready.wait()
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    o.start()
+block_rounds()
 print("READY", flush=True)
 for o in owners:
     print(f"OWNER {o.name} {id(o)} {o.tid} {ROUNDS[o.name]}", flush=True)
 print(f"MAIN {threading.get_native_id()} {MAIN_CALLS}", flush=True)
-while True:
-    signal.sigwait({signal.SIGUSR1})
-    for o in owners:
-        o.done.clear()
-        o.go.set()
-    for o in owners:
-        o.done.wait()
+
+
+def main_calls():
     _call(libc.getppid, MAIN_CALLS)
     print("DONE", flush=True)
     sys.stdout.flush()
+
+
+serve_rounds(owners, main_calls)

@@ -16,11 +16,10 @@ and prints ``EXPECT <native tid> <json list of counts, null: none>`` per owner, 
 
 import ctypes
 import json
-import signal
 import sys
-import threading
 
 import numpy as np
+from round_threads import RoundThread, block_rounds, serve_rounds
 
 libc = ctypes.PyDLL("libc.so.6")
 INPUTS = [
@@ -38,27 +37,20 @@ INPUTS = [
 EXPECTED = [5, 65536, 0, 17, 0, 2, 9, 3, None, None]
 
 
-class Owner:
-    def __init__(self, name):
-        self.name = name
-        self.go = threading.Event()
-        self.done = threading.Event()
-        self.held = threading.Event()
+class Owner(RoundThread):
+    def method(self):
+        return self.other if self.name == "other" else self.process
 
-    def serve(self):
-        self.tid = threading.get_native_id()
-        method = self.other if self.name == "other" else self.process
-        method(INPUTS[0], hold=True)
-        while True:
-            self.go.wait()
-            self.go.clear()
-            for item in INPUTS:  # not `points`: serve(self) would be a method keeping them
-                method(item)
-            self.done.set()
+    def prepare(self):
+        self.method()(INPUTS[0], hold=True)
+
+    def round(self):
+        for item in INPUTS:  # not `points`: round(self) would be a method keeping them
+            self.method()(item)
 
     def process(self, points, hold=False):
         if hold:  # sit here until the first round: the test samples this frame
-            self.held.set()
+            self.ready.set()
             self.go.wait()
             return
         if self.name == "direct":
@@ -68,7 +60,7 @@ class Owner:
 
     def other(self, n, hold=False):
         if hold:
-            self.held.set()
+            self.ready.set()
             self.go.wait()
             return
         libc.getppid()
@@ -82,22 +74,20 @@ class Owner:
 
 owners = [Owner(name) for name in ("direct", "helper", "other")]
 for o in owners:
-    threading.Thread(target=o.serve, daemon=True).start()
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    o.start()
+block_rounds()
 print("READY", flush=True)
 for o in owners:
-    o.held.wait()
     print(f"OWNER {o.name} {id(o)} {o.tid}", flush=True)
 print("HELD", flush=True)
-while True:
-    signal.sigwait({signal.SIGUSR1})
-    for o in owners:
-        o.done.clear()
-        o.go.set()
-    for o in owners:
-        o.done.wait()
+
+
+def expectations():
     for o in owners:
         expect = [None] * len(INPUTS) if o.name == "other" else EXPECTED
         print(f"EXPECT {o.tid} {json.dumps(expect)}", flush=True)
     print("DONE", flush=True)
     sys.stdout.flush()
+
+
+serve_rounds(owners, expectations)
