@@ -21,7 +21,7 @@ import ctypes
 import sys
 import threading
 
-from round_threads import RoundThread, block_rounds, serve_rounds
+from round_threads import RoundThread, serve_rounds, start_all
 
 libc = (ctypes.PyDLL if sys.argv[1:] == ["pydll"] else ctypes.CDLL)("libc.so.6")
 ROUNDS = {"direct": 30, "nested": 40, "via_c": 50}
@@ -59,10 +59,7 @@ class Owner(RoundThread):
 
 
 owners = [Owner(name) for name in ROUNDS]
-for o in owners:
-    o.start()
-block_rounds()
-print("READY", flush=True)
+start_all(owners)
 for o in owners:
     print(f"OWNER {o.name} {id(o)} {o.tid} {ROUNDS[o.name]}", flush=True)
 print(f"MAIN {threading.get_native_id()} {MAIN_CALLS}", flush=True)

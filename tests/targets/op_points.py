@@ -19,7 +19,7 @@ import json
 import sys
 
 import numpy as np
-from round_threads import RoundThread, block_rounds, serve_rounds
+from round_threads import RoundThread, serve_rounds, start_all
 
 libc = ctypes.PyDLL("libc.so.6")
 INPUTS = [
@@ -73,10 +73,7 @@ class Owner(RoundThread):
 
 
 owners = [Owner(name) for name in ("direct", "helper", "other")]
-for o in owners:
-    o.start()
-block_rounds()
-print("READY", flush=True)
+start_all(owners)
 for o in owners:
     print(f"OWNER {o.name} {id(o)} {o.tid}", flush=True)
 print("HELD", flush=True)

@@ -33,9 +33,13 @@ class RoundThread:
         raise NotImplementedError
 
 
-def block_rounds():
-    """Before printing READY: SIGUSR1 then only reaches ``serve_rounds``."""
+def start_all(owners):
+    """Start every owner's thread (each ready), keep SIGUSR1 for
+    ``serve_rounds``, then print READY."""
+    for o in owners:
+        o.start()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    print("READY", flush=True)
 
 
 def serve_rounds(owners, after_round):
