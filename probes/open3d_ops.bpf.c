@@ -90,13 +90,11 @@ struct py_found {
 #ifdef PERFD_PYFRAMES
 #define PY_MAX_FRAMES 12   // frames searched for an owner
 #define PY_POINT_FRAMES 4  // the owner's frame and its callers searched for its points
-#define SIZED_NDARRAY 1
-#define SIZED_VAR 2        // ob_size: list, tuple
 
 BPF_HASH(py_tstates, u32, u64, 4096);
 BPF_HASH(py_owners, u64, u8, 4096);
 BPF_HASH(py_point_slots, u64, u32, 1024);  // code object -> index of its points local
-BPF_HASH(py_point_types, u64, u32, 16);    // type object -> SIZED_*
+BPF_HASH(py_point_types, u64, u32, 16);    // type object -> SIZED_NDARRAY, or anything else: ob_size
 
 static __always_inline u64 read_ptr(u64 addr) {
     u64 v = 0;

@@ -15,7 +15,7 @@ from typing import Callable
 
 from perfd.cpython.layouts import FrameWalk
 from perfd.cpython.objects import NP_DIMENSIONS, NP_ND
-from perfd.uprobes.events import FrameWatch, OpEvent, PairingStats
+from perfd.uprobes.events import SIZED_NDARRAY, FrameWatch, OpEvent, PairingStats
 from perfd.uprobes.multi import BPF_TRACE_UPROBE_MULTI, UprobeMultiError, attach_multi, detach_all, uprobe_multi_supported
 from perfd.uprobes.symbols import Resolution
 
@@ -82,7 +82,7 @@ def frame_walk_flags(walk: FrameWalk | None) -> list[str]:
             f"-DPY_FRAME_PREVIOUS={walk.previous}", f"-DPY_FRAME_LOCALSPLUS={walk.localsplus}",
             f"-DPY_FRAME_OWNER={walk.owner}", f"-DPY_OWNER_CSTACK={walk.owner_cstack}",
             f"-DPY_FRAME_CODE={walk.code}", f"-DPY_OBJECT_TYPE={walk.object_type}", f"-DPY_VAR_SIZE={walk.var_size}",
-            f"-DNP_ND={NP_ND}", f"-DNP_DIMENSIONS={NP_DIMENSIONS}"]
+            f"-DNP_ND={NP_ND}", f"-DNP_DIMENSIONS={NP_DIMENSIONS}", f"-DSIZED_NDARRAY={SIZED_NDARRAY}"]
 
 
 def compile_program(pid: int, op_ids: list[int], walk: FrameWalk | None = None):
