@@ -70,12 +70,14 @@ class MissedCalls:
         """Calls made from settled ops that no tracked or running call of their
         node holds, at most ``room[node]`` per node (exact calls not yet accounted for)."""
         due = now_ns - self.settle_ns
-        with self._lock:
-            looks = list(self._looks)
+        with self._lock:  # shared with the tracker's 1 kHz add_look: copy the looks only when needed
             settled: dict[str, list[OpSpan]] = {}
             for node, ops in self._ops.items():
                 while ops and ops[0].end_ns <= due:
                     settled.setdefault(node, []).append(ops.popleft())
+            if not settled:
+                return []
+            looks = list(self._looks)
         starts = [lk.start_ns for lk in looks]
         out: list[CompletedCall] = []
         for node, ops in settled.items():
