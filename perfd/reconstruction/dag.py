@@ -208,12 +208,12 @@ class DagSource:
         # a running level cuts the chain (what it runs is on the thread's stack); the
         # levels above it may read "suspended" when the look straddles a step boundary
         running = {c.root for c in current.values() if any(lv.state == "running" for lv in c.levels)}
-        self.missed.add_look(Look(mono_ns, time.monotonic_ns(),
-                                  not running and all(c.complete for c in current.values())))
+        whole = all(c.complete for c in current.values())
+        self.missed.add_look(Look(mono_ns, time.monotonic_ns(), whole and not running))
         observations = finder.calls(current)
         alive = self._alive_while_running(chains, running, observations)
         self._gen_nodes = {o.key[0]: o.node_id for o in observations}
-        complete = self._complete(mono_ns, current)
+        complete = self._complete(mono_ns, whole)
         with self._lock:
             born, done = self.tracker.observe(mono_ns / 1e9, wall, observations, complete, alive)
             for call in born:
@@ -225,13 +225,13 @@ class DagSource:
         if born or done:
             self.publish_dag()  # last_point_count / last_exec_ms fresh, not a publish period late
 
-    def _complete(self, mono_ns: int, current: dict) -> bool:
-        """Whether this look saw every chain whole. A chain cut short by a torn
-        read hides calls that are still running: such a look may start or extend
-        calls but not end them. Chains are walked again at the next look, so this
-        lasts a millisecond or two; past ``INCOMPLETE_LIMIT_S`` the look counts as
-        whole, so nothing can keep a finished call open."""
-        if all(c.complete for c in current.values()):
+    def _complete(self, mono_ns: int, whole: bool) -> bool:
+        """Whether this look may end calls: it saw every chain ``whole``. A chain
+        cut short by a torn read hides calls that are still running: such a look
+        may start or extend calls but not end them. Chains are walked again at the
+        next look, so this lasts a millisecond or two; past ``INCOMPLETE_LIMIT_S``
+        the look counts as whole, so nothing can keep a finished call open."""
+        if whole:
             self._incomplete_since = None
             return True
         self.incomplete_looks += 1
@@ -289,7 +289,7 @@ class DagSource:
         from its ops); the points its call had (the probe reads them in the node
         method's frame) update last_point_count when the op is newer than the
         last call the tracker saw begin."""
-        node = self._node_addrs.get(ev.owner) if ev.owner and ev.depth == 0 else None
+        node = self.node_of(ev.owner) if ev.depth == 0 else None
         if node is None:
             return
         self.missed.add_op(node, OpSpan(ev.tid, ev.start_ns, ev.start_ns + ev.duration_ns, ev.points))
@@ -364,7 +364,7 @@ class DagSource:
 
     def _attribute(self, ev: OpEvent) -> tuple[str | None, str]:
         start, end = ev.start_ns, ev.start_ns + ev.duration_ns
-        node = self._node_addrs.get(ev.owner) if ev.owner else None
+        node = self.node_of(ev.owner)  # 0 (no owner found) is no node's address
         if node is not None:
             return node, "probe_frames"
         timeline = self.timelines.get(ev.tid)
