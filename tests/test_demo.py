@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -218,6 +219,28 @@ def test_endpoint_ground_truth_slow_and_failing_routes(demo_factory):
     assert fail["calls_total"] == 2 and fail["last_status_code"] == 500
     assert endpoints["GET", "/api/nodes/no-such-node"]["last_status_code"] == 404
     assert all(not path.startswith("/ws") for _, path in endpoints)
+
+
+def test_endpoint_ground_truth_clock_starts_when_the_request_bytes_arrive(demo_factory):
+    """SPEC §1's latency starts at the request's last byte: a request that
+    waited behind a pipelined one counts the wait (a bare middleware would
+    start its clock only when the app got it), and a head that arrived in two
+    parts counts from the part that completed it."""
+    demo = demo_factory(**SMALL, clients=0)
+    with socket.create_connection(("127.0.0.1", demo.spec.app_port)) as s:
+        s.sendall(b"GET /api/slow?ms=200 HTTP/1.1\r\nHost: x\r\n\r\nGET /api/fail?code=404 HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while received.count(b"HTTP/1.1 ") < 2:
+            received += s.recv(65536)
+    with socket.create_connection(("127.0.0.1", demo.spec.app_port)) as s:
+        s.sendall(b"GET /api/nodes/no-such-node HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.3)
+        s.sendall(b"\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 404")
+    endpoints = {(e["method"], e["path"]): e for e in demo.get_json("/api/metrics")["endpoints"]}
+    assert 200 <= endpoints["GET", "/api/slow"]["avg_latency_ms"] < 1000
+    assert 200 <= endpoints["GET", "/api/fail"]["avg_latency_ms"] < 1000  # its wait behind /api/slow
+    assert endpoints["GET", "/api/nodes/no-such-node"]["avg_latency_ms"] < 100
 
 
 def test_demo_server_stops_gracefully(demo_factory):

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from perfd.demo.app import create_app
+    from perfd.demo.metrics.arrival import ArrivalStampingProtocol
 
     try:
         app = create_app(config)
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m perfd.demo: error: {e}", file=sys.stderr)
         return 2
     print(f"demo: serving http://{config.host}:{config.port} (pid {os.getpid()})", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, lifespan="on")
+    # With the ground truth on, its endpoint clock starts when a request's bytes arrive.
+    http = ArrivalStampingProtocol if config.metrics else "auto"
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, lifespan="on", http=http)
     return 0
 
 
