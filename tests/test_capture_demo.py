@@ -7,17 +7,23 @@ subscribe; over a 60 s window (≥ 40 s) the deltas of both must agree.
 
 Endpoint latency. perfd measures it on the wire (request's last byte in →
 response's first byte out, SPEC §1), which includes the time a request waits
-in the socket and the event loop before the ASGI app is called; the demo's
-middleware starts its clock only when the app is called, so it reads lower —
-by 0.2–0.7 ms in our runs of this test, inside the issue's bound (±20% or
-±1 ms), which is asserted per endpoint. perfd's number is also held to what
-it claims to be: an independent client process that times its own requests
-(wall clock before ``send`` → kernel receive timestamp of the first response
-byte) must agree with it within the same bound.
+in the socket before the server reads it. The demo's ground truth starts its
+clock when the server has read the request's bytes (``perfd.demo.metrics.arrival``),
+so per request the two differ by the kernel's wakeup of the event loop
+(~0.1 ms) plus whatever kept the loop from reading: an Open3D op holding the
+GIL, a frame being sent — a few requests in sixty wait 2–10 ms that only the
+wire sees. Inside the issue's bound (±20% or ±1 ms), asserted per endpoint.
+This test's own ground-truth reads go over one keep-alive connection, as a
+dashboard's polls do: a new connection per read would add an accept to each
+read's unseen wait. perfd's number is also held to what it claims to be: an
+independent client process that times its own requests (wall clock before
+``send`` → kernel receive timestamp of the first response byte) must agree
+with it within the same bound.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import statistics
 import subprocess
@@ -54,8 +60,29 @@ def perfd_view(registry: Registry) -> dict:
     }
 
 
-def truth_view(demo) -> dict:
-    m = demo.get_json("/api/metrics")
+class TruthReader:
+    """``GET /api/metrics`` over one keep-alive connection (opened again if the
+    server closed it: uvicorn drops a connection idle for 5 s)."""
+
+    def __init__(self, demo) -> None:  # noqa: ANN001 - tests' Demo
+        self.conn = http.client.HTTPConnection("127.0.0.1", demo.spec.app_port, timeout=5)
+
+    def get(self) -> dict:
+        for attempt in range(2):
+            try:
+                self.conn.request("GET", "/api/metrics")
+                response = self.conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self.conn.close()
+                if attempt:
+                    raise
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def truth_view(truth: TruthReader) -> dict:
+    m = truth.get()
     return {
         "ws": m["websocket"]["topics"],
         "total_connections": m["websocket"]["total_connections"],
@@ -70,7 +97,8 @@ def test_demo_two_viewers_40s_matches_ground_truth(demo_factory) -> None:  # noq
     registry = Registry()
     registry.attach(TargetStatus(pid=demo.pid, python="3", exe=sys.executable, attached_at=time.time()))
     source = CaptureSource(demo.pid, registry)
-    t_attach = truth_view(demo)  # no viewer yet: WebSocket totals start together; endpoints count from here
+    truth = TruthReader(demo)
+    t_attach = truth_view(truth)  # no viewer yet: WebSocket totals start together; endpoints count from here
     source.start()
     viewers = [start_viewer(demo.url) for _ in range(2)]
     # viewers ask for /api/topics only at start: its last 60 calls will be the probe's alone
@@ -83,11 +111,11 @@ def test_demo_two_viewers_40s_matches_ground_truth(demo_factory) -> None:  # noq
         end = time.monotonic() + WINDOW_S
         while time.monotonic() < end:
             time.sleep(1.0)
-            t, p = truth_view(demo), perfd_view(registry)
+            t, p = truth_view(truth), perfd_view(registry)
             for topic, v in t["ws"].items():
                 rates_truth.setdefault(topic, []).append(v["messages_per_sec"])
                 rates_perfd.setdefault(topic, []).append(p["ws"].get(topic, {}).get("messages_per_sec", 0.0))
-        t_live, p_live = truth_view(demo), perfd_view(registry)
+        t_live, p_live = truth_view(truth), perfd_view(registry)
         probe_ms = json.loads(probe.communicate(timeout=60)[0])
     finally:
         probe.kill()
@@ -96,7 +124,7 @@ def test_demo_two_viewers_40s_matches_ground_truth(demo_factory) -> None:  # noq
             v.wait(10)
     try:
         time.sleep(1.5)  # traffic has stopped: both sides settle, totals become comparable exactly
-        t_end, p_end = truth_view(demo), perfd_view(registry)
+        t_end, p_end = truth_view(truth), perfd_view(registry)
         status = source.status()
     finally:
         source.stop()
