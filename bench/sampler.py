@@ -2,15 +2,17 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, windows alternate B P B C B S B P B C B S B … — the
+CPython. For each rate, windows alternate B P B T B C B S B P … — the
 target's own work rate with nothing attached (B), with perfd's Sampler in
-this process (P), with a control thread that wakes at the same rate and only
-burns the CPU perfd's last window took per sample, touching nothing of the
-target (C), and with ``py-spy record --nonblocking`` (S). Each P, C or S
-window is compared with the mean of the two B windows around it, so slow
-drifts of a shared host cancel; the slowdown is the mean of those paired
-ratios with its 95% confidence interval (Student's t). "Within noise" means
-the interval holds 0; P close to C means the cost is CPU taken, not reads.
+this process (P), with a thread that only wakes at that rate (T: the floor
+for any sampler that sleeps between samples), with a control thread that
+wakes at that rate and burns the rest of the CPU perfd's last window took
+per sample, touching nothing of the target (C), and with ``py-spy record
+--nonblocking`` (S). Each window is compared with the mean of the two B
+windows around it, so slow drifts of a shared host cancel; the slowdown is
+the mean of those paired ratios with its 95% confidence interval (Student's
+t). "Within noise" means the interval holds 0; P close to C means the cost
+is CPU taken, not reads; T is what is left with no work at all.
 Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
 one core).
 
@@ -96,7 +98,8 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
 
 
 def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: float) -> dict:
-    """The control: perfd's wakeups and CPU per sample, without reading the target."""
+    """The control: perfd's wakeups and CPU per sample, without reading the target
+    (``burn_us=0``: the wakeups alone). Also reports its own CPU per wakeup."""
     stop = threading.Event()
 
     def loop() -> None:
@@ -113,15 +116,17 @@ def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: floa
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     time.sleep(0.3)
+    c0, t0 = _thread_cpu(thread), time.monotonic()
     work = target.work_rate(window)
+    cpu, elapsed = _thread_cpu(thread) - c0, time.monotonic() - t0
     stop.set()
     thread.join()
-    return {"work": work}
+    return {"work": work, "us_per_wake": 1e6 * cpu / (elapsed * rate)}
 
 
-def _thread_cpu(sampler: Sampler) -> float:
-    """CPU seconds (user+sys) of the sampler thread, from /proc (works from any thread)."""
-    tid = sampler._thread.native_id  # noqa: SLF001 - the bench measures the thread it started
+def _thread_cpu(thread: Sampler | threading.Thread) -> float:
+    """CPU seconds (user+sys) of a sampler's or a control's thread, from /proc (works from any thread)."""
+    tid = (thread._thread if isinstance(thread, Sampler) else thread).native_id  # noqa: SLF001 - the bench's own
     with open(f"/proc/self/task/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -208,23 +213,26 @@ def main() -> int:
         flat_hz, flat_us = max_rate(target)
         print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
-                  f"{'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
+                  f"{'µs/wake':>7} {'timer only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
                   f"{'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, control, spy = [target.work_rate(args.window)], [], [], []
+            base, perfd, control, timer, spy = [target.work_rate(args.window)], [], [], [], []
             for _ in range(args.repeats):
                 paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
-                paired(target, args.window, base,
-                       with_cpu_only(target, rate, args.window, perfd[-1]["us_per_sample"]), control)
+                paired(target, args.window, base, with_cpu_only(target, rate, args.window, 0.0), timer)
+                # the control's own wakeups cost what the timer's did: it burns the rest of perfd's CPU
+                burn = max(0.0, perfd[-1]["us_per_sample"] - timer[-1]["us_per_wake"])
+                paired(target, args.window, base, with_cpu_only(target, rate, args.window, burn), control)
                 paired(target, args.window, base, with_pyspy(target, rate, args.window), spy)
             b = statistics.mean(base)
             spread = 100 * (max(base) - min(base)) / b if b else 0.0
             pm = {k: statistics.mean(r[k] for r in perfd) for k in ("achieved", "us_per_sample", "cpu", "failed")}
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
             print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
-                  f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | {slowdown(control):>21} | "
+                  f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | "
+                  f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | {slowdown(control):>21} | "
                   f"{spy_cpu:>12} {slowdown(spy):>21} | {spread:>17.1f}")
     finally:
         target.stop()
