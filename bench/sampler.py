@@ -16,7 +16,12 @@ is CPU taken, not reads; T is what is left with no work at all.
 Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
 one core).
 
+``--sweep 1000:0,30,60,120`` instead: only the CPU-only control at that rate,
+burning each of those µs of work per wakeup (on top of the wakeup's own) —
+how cheap a sample must be for the target not to notice.
+
 Usage: python bench/sampler.py [--python 3.12] [--window 2] [--repeats 2] [--rates 100,250,1000]
+                               [--sweep RATE:US,US,...]
 """
 
 from __future__ import annotations
@@ -195,12 +200,31 @@ def slowdown(rows: list[dict]) -> str:
     return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
 
 
+def sweep(target: BenchTarget, window: float, repeats: int, spec: str) -> int:
+    """The CPU-only control alone at one rate, for several amounts of work per wakeup."""
+    rate_s, _, burns_s = spec.partition(":")
+    rate, burns = float(rate_s), [float(b) for b in burns_s.split(",")]
+    base, rows = [target.work_rate(window)], {b: [] for b in burns}
+    for _ in range(repeats):
+        for b in burns:
+            paired(target, window, base, with_cpu_only(target, rate, window, b), rows[b])
+    print(f"{'rate':>6} | {'work µs/wake':>12} | {'CPU µs/wake':>11} | {'slowdown % (95% CI)':>21}")
+    for b in burns:
+        cpu = statistics.mean(r["us_per_wake"] for r in rows[b])
+        print(f"{rate:>6.0f} | {b:>12.0f} | {cpu:>11.0f} | {slowdown(rows[b]):>21}")
+    spread = 100 * (max(base) - min(base)) / statistics.mean(base)
+    print(f"baseline spread {spread:.1f}%")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--python", default="3.12")
     ap.add_argument("--window", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rates", default="100,250,1000")
+    ap.add_argument("--sweep", default=None, metavar="RATE:US,US,...",
+                    help="only the CPU-only control at RATE, for each µs of work per wakeup")
     args = ap.parse_args()
     python = pyenv_python(args.python)
     rates = [float(r) for r in args.rates.split(",")]
@@ -210,6 +234,8 @@ def main() -> int:
         threads = len(StackReader(locate_interpreter(target.proc.pid)).sample().threads)
         print(f"target: CPython {args.python}, {threads} threads, {frames} frames; "
               f"windows of {args.window:g}s x {args.repeats}")
+        if args.sweep:
+            return sweep(target, args.window, args.repeats, args.sweep)
         flat_hz, flat_us = max_rate(target)
         print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
