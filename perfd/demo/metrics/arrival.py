@@ -3,8 +3,7 @@
 The endpoint ground truth stands for SPEC §1's latency (last request byte →
 first response byte). A middleware alone starts its clock only after the
 server has parsed the request, created its task and passed it down the ASGI
-stack — 0.3–0.4 ms later on a 2-core VM, a systematic part of the number it
-never saw. This protocol records the monotonic time at which the chunk that
+stack: a systematic part of the number that it never saw. This protocol records the monotonic time at which the chunk that
 completed the request head was read and hands it to the app as a scope
 extension; the middleware starts from it. Pipelined requests keep the stamp
 of their own bytes, so their wait behind the previous response is counted,

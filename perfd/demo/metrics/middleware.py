@@ -4,8 +4,9 @@ Latency runs from the request's bytes reaching the server (stamped by
 :mod:`perfd.demo.metrics.arrival`; the middleware's own entry when the server
 runs without it) to the response head handed to the transport (the first
 response byte): as close as in-process code gets to what perfd's capture
-measures on the wire. What it cannot see is the kernel's part: the wakeup of
-the event loop and the loopback delivery. Pure ASGI rather than
+measures on the wire. What it cannot see is the time before the server
+reads the bytes: the kernel waking the event loop, and the loop busy with
+something else (an Open3D op holding the GIL, a frame being sent). Pure ASGI rather than
 ``BaseHTTPMiddleware`` to keep its cost at two clock reads and a dict update.
 """
 
