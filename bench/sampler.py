@@ -2,10 +2,12 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, windows alternate B P B T B C B S B P … — the
+CPython. For each rate, windows alternate B P B T B R B C B S B P … — the
 target's own work rate with nothing attached (B), with perfd's Sampler in
 this process (P), with a thread that only wakes at that rate (T: the floor
-for any sampler that sleeps between samples), with a control thread that
+for any sampler that sleeps between samples), with one that wakes and
+repeats a steady-state sample's ``process_vm_readv`` calls, decoding nothing
+(R: what decoding in native code could not remove), with a control thread that
 wakes at that rate and burns the rest of the CPU perfd's last window took
 per sample, touching nothing of the target (C), and with ``py-spy record
 --nonblocking`` (S). Each window is compared with the mean of the two B
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from perfd.cpython.discovery import locate_interpreter  # noqa: E402
+from perfd.cpython.memory import ProcessMemory  # noqa: E402
 from perfd.cpython.stacks import StackReader  # noqa: E402
 from perfd.sampling import Sampler  # noqa: E402
 
@@ -127,6 +130,59 @@ def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: floa
     stop.set()
     thread.join()
     return {"work": work, "us_per_wake": 1e6 * cpu / (elapsed * rate)}
+
+
+class _RecordingMemory(ProcessMemory):
+    """Keeps the parts of every batched read, so a control can repeat a sample's reads."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def read_many(self, parts: list[tuple[int, int]]) -> list[bytes | None]:
+        self.batches.append(list(parts))
+        return super().read_many(parts)
+
+
+def sample_reads(target: BenchTarget) -> list[list[tuple[int, int]]]:
+    """The batched reads (address, size) of one steady-state sample."""
+    mem = _RecordingMemory(target.proc.pid)
+    reader = StackReader(locate_interpreter(target.proc.pid), mem)
+    for _ in range(50):
+        reader.sample()
+    mem.batches.clear()
+    reader.sample()
+    return mem.batches
+
+
+def with_reads_only(target: BenchTarget, rate: float, window: float) -> dict:
+    """The control between the timer and perfd: wakes at the rate and repeats a
+    sample's ``process_vm_readv`` calls, decoding nothing."""
+    batches = sample_reads(target)
+    mem = ProcessMemory(target.proc.pid)
+    stop = threading.Event()
+
+    def loop() -> None:
+        period, next_at = 1.0 / rate, time.monotonic()
+        while not stop.is_set():
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            for parts in batches:
+                mem.read_many(parts)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    c0, t0 = _thread_cpu(thread), time.monotonic()
+    work = target.work_rate(window)
+    cpu, elapsed = _thread_cpu(thread) - c0, time.monotonic() - t0
+    stop.set()
+    thread.join()
+    mem.close()
+    return {"work": work, "us_per_wake": 1e6 * cpu / (elapsed * rate), "bytes": sum(n for b in batches for _, n in b),
+            "parts": sum(len(b) for b in batches)}
 
 
 def _thread_cpu(thread: Sampler | threading.Thread) -> float:
@@ -239,15 +295,16 @@ def main() -> int:
         flat_hz, flat_us = max_rate(target)
         print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
-                  f"{'µs/wake':>7} {'timer only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
+                  f"{'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
                   f"{'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, control, timer, spy = [target.work_rate(args.window)], [], [], [], []
+            base, perfd, control, timer, reads, spy = [target.work_rate(args.window)], [], [], [], [], []
             for _ in range(args.repeats):
                 paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
                 paired(target, args.window, base, with_cpu_only(target, rate, args.window, 0.0), timer)
+                paired(target, args.window, base, with_reads_only(target, rate, args.window), reads)
                 # the control's own wakeups cost what the timer's did: it burns the rest of perfd's CPU
                 burn = max(0.0, perfd[-1]["us_per_sample"] - timer[-1]["us_per_wake"])
                 paired(target, args.window, base, with_cpu_only(target, rate, args.window, burn), control)
@@ -258,8 +315,11 @@ def main() -> int:
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
             print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
                   f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | "
-                  f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | {slowdown(control):>21} | "
+                  f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | "
+                  f"{statistics.mean(r['us_per_wake'] for r in reads):>7.0f} {slowdown(reads):>21} | {slowdown(control):>21} | "
                   f"{spy_cpu:>12} {slowdown(spy):>21} | {spread:>17.1f}")
+        if reads:
+            print(f"\nreads only: a sample's {reads[-1]['parts']} parts, {reads[-1]['bytes']:,} bytes")
     finally:
         target.stop()
     return 0
