@@ -10,8 +10,8 @@ response's first byte out, SPEC §1), which includes the time a request waits
 in the socket before the server reads it. The demo's ground truth starts its
 clock when the server has read the request's bytes (``perfd.demo.metrics.arrival``),
 so per request the two differ by the kernel's wakeup of the event loop
-(~0.1 ms) plus whatever kept the loop from reading: an Open3D op holding the
-GIL, a frame being sent — a few requests in sixty wait 2–10 ms that only the
+plus whatever kept the loop from reading: an Open3D op holding the GIL, a
+frame being sent — a few requests in sixty wait milliseconds that only the
 wire sees. Inside the issue's bound (±20% or ±1 ms), asserted per endpoint.
 This test's own ground-truth reads go over one keep-alive connection, as a
 dashboard's polls do: a new connection per read would add an accept to each
