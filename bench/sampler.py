@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -105,9 +106,9 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
             "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1)}
 
 
-def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: float) -> dict:
-    """The control: perfd's wakeups and CPU per sample, without reading the target
-    (``burn_us=0``: the wakeups alone). Also reports its own CPU per wakeup."""
+def _paced(target: BenchTarget, rate: float, window: float, each: Callable[[], object]) -> dict:
+    """A control thread that wakes at ``rate`` and calls ``each``; the target's work
+    rate meanwhile, and the thread's own CPU per wakeup."""
     stop = threading.Event()
 
     def loop() -> None:
@@ -117,9 +118,7 @@ def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: floa
             delay = next_at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            t0 = time.thread_time()
-            while time.thread_time() - t0 < burn_us / 1e6:
-                pass
+            each()
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -130,6 +129,17 @@ def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: floa
     stop.set()
     thread.join()
     return {"work": work, "us_per_wake": 1e6 * cpu / (elapsed * rate)}
+
+
+def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: float) -> dict:
+    """The control: perfd's wakeups and CPU per sample, without reading the target
+    (``burn_us=0``: the wakeups alone)."""
+    def burn() -> None:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < burn_us / 1e6:
+            pass
+
+    return _paced(target, rate, window, burn)
 
 
 class _RecordingMemory(ProcessMemory):
@@ -160,29 +170,11 @@ def with_reads_only(target: BenchTarget, rate: float, window: float) -> dict:
     sample's ``process_vm_readv`` calls, decoding nothing."""
     batches = sample_reads(target)
     mem = ProcessMemory(target.proc.pid)
-    stop = threading.Event()
-
-    def loop() -> None:
-        period, next_at = 1.0 / rate, time.monotonic()
-        while not stop.is_set():
-            next_at += period
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            for parts in batches:
-                mem.read_many(parts)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    time.sleep(0.3)
-    c0, t0 = _thread_cpu(thread), time.monotonic()
-    work = target.work_rate(window)
-    cpu, elapsed = _thread_cpu(thread) - c0, time.monotonic() - t0
-    stop.set()
-    thread.join()
-    mem.close()
-    return {"work": work, "us_per_wake": 1e6 * cpu / (elapsed * rate), "bytes": sum(n for b in batches for _, n in b),
-            "parts": sum(len(b) for b in batches)}
+    try:
+        row = _paced(target, rate, window, lambda: [mem.read_many(parts) for parts in batches])
+    finally:
+        mem.close()
+    return {**row, "bytes": sum(n for b in batches for _, n in b), "parts": sum(len(b) for b in batches)}
 
 
 def _thread_cpu(thread: Sampler | threading.Thread) -> float:
