@@ -54,7 +54,6 @@ class MissedCalls:
         self._looks: deque[Look] = deque(maxlen=LOOKS_MAX)
         self._ops: dict[str, deque[OpSpan]] = {}
         self._lock = threading.Lock()
-        self.timed = 0  # calls made from ops
         self.unbounded = 0  # op groups with no clear look on one side in the history (dropped)
 
     def add_look(self, look: Look) -> None:
@@ -95,7 +94,6 @@ class MissedCalls:
                 if any(call.start_mono < hi and call.end_mono > lo for lo, hi in spans):
                     continue
                 room[node] = room.get(node, 0) - 1
-                self.timed += 1
                 out.append(call)
         return out
 

@@ -3,9 +3,10 @@
 The endpoint ground truth stands for SPEC §1's latency (last request byte →
 first response byte). A middleware alone starts its clock only after the
 server has parsed the request, created its task and passed it down the ASGI
-stack: a systematic part of the number that it never saw. This protocol records the monotonic time at which the chunk that
-completed the request head was read and hands it to the app as a scope
-extension; the middleware starts from it. Pipelined requests keep the stamp
+stack: a systematic part of the number that it never saw. This protocol
+records the monotonic time at which the chunk that completed the request
+head was read and hands it to the app as a scope extension; the middleware
+starts from it. Pipelined requests keep the stamp
 of their own bytes, so their wait behind the previous response is counted,
 as it is on the wire. (The demo's routes take no request body, so the head's
 last byte is the request's last byte.)

@@ -6,8 +6,9 @@ runs without it) to the response head handed to the transport (the first
 response byte): as close as in-process code gets to what perfd's capture
 measures on the wire. What it cannot see is the time before the server
 reads the bytes: the kernel waking the event loop, and the loop busy with
-something else (an Open3D op holding the GIL, a frame being sent). Pure ASGI rather than
-``BaseHTTPMiddleware`` to keep its cost at two clock reads and a dict update.
+something else (an Open3D op holding the GIL, a frame being sent). Pure ASGI
+rather than ``BaseHTTPMiddleware`` to keep its cost at two clock reads and a
+dict update.
 """
 
 from __future__ import annotations
