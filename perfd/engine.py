@@ -78,23 +78,36 @@ class Engine:
         return self.interpreter.pid if self.interpreter else None
 
     def attach(self, pid: int) -> Interpreter:
-        """Validate ``pid`` and start sampling it. Raises ``TargetError`` (exit 2)."""
-        interpreter = locate_interpreter(pid)
+        """Validate ``pid`` and start sampling it. Raises ``TargetError`` (exit 2).
+
+        A target that exits while perfd attaches makes whatever perfd was
+        reading fail in its own way (a short ELF read looks like "not Python",
+        a /proc file answers ESRCH); every such failure is reported as the one
+        thing that happened, ``NoSuchProcess``, and what had started is stopped.
+        """
+        created = _create_time(pid)
+        if created is None:
+            raise NoSuchProcess(f"no process with PID {pid}")
         try:
-            self._create_time = psutil.Process(pid).create_time()
-        except psutil.NoSuchProcess:
-            raise NoSuchProcess(f"process {pid} exited while attaching") from None
-        with self._lock:
-            self.interpreter = interpreter
-            self.registry.attach(
-                TargetStatus(
-                    pid=pid,
-                    python=str(interpreter.version),
-                    exe=interpreter.exe,
-                    attached_at=time.time(),
+            interpreter = locate_interpreter(pid)
+            with self._lock:
+                self._create_time = created
+                self.interpreter = interpreter
+                self.registry.attach(
+                    TargetStatus(
+                        pid=pid,
+                        python=str(interpreter.version),
+                        exe=interpreter.exe,
+                        attached_at=time.time(),
+                    )
                 )
-            )
-            self._start_sources(pid)
+                self._start_sources(pid)
+        except Exception as e:
+            gone = not _alive(pid, created)
+            self.detach(f"process {pid} exited while attaching" if gone else f"attach failed: {e}")
+            if gone and not isinstance(e, NoSuchProcess):
+                raise NoSuchProcess(f"process {pid} exited while attaching") from None
+            raise
         self._stop_watch.clear()
         self._watcher = threading.Thread(target=self._watch, name="perfd-watch", daemon=True)
         self._watcher.start()
@@ -146,14 +159,9 @@ class Engine:
         return True
 
     def target_alive(self) -> bool:
-        if self.interpreter is None:
+        if self.interpreter is None or self._create_time is None:
             return False
-        try:
-            process = psutil.Process(self.interpreter.pid)
-            # a zombie has exited even if its parent has not reaped it yet
-            return process.create_time() == self._create_time and process.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
+        return _alive(self.interpreter.pid, self._create_time)
 
     def detach(self, reason: str = "detached") -> None:
         """Mark the registry detached, then stop every source; idempotent.
@@ -182,3 +190,20 @@ class Engine:
                 log.warning("target %s exited", pid)
                 self.detach(f"target PID {pid} exited")
                 return
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _alive(pid: int, created: float) -> bool:
+    """The same process (a reused PID has another start time) and not a zombie:
+    a zombie has exited even if its parent has not reaped it yet."""
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

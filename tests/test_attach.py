@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
+import threading
 import time
+from collections import Counter
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import TARGET_VERSIONS, python_for, wait_for
+from perfd.engine import Engine
+from perfd.errors import NoSuchProcess
+from perfd.registry import Registry
 from perfd_process import PerfdServer, run_perfd, text_frames, validate, vm_rss_mb
 
 
@@ -122,6 +128,41 @@ def test_target_exit_turns_metrics_into_503(spawn, snapshot_schema):
         assert str(target.pid) in health["detail"]
         assert server.get("/metrics")[0] == 200  # Prometheus still scrapes: perfd_up 0
         assert server.proc.poll() is None
+
+
+def test_a_target_killed_while_perfd_attaches_is_reported_as_exited(spawn):
+    """Killed at any point of attach, the target is "exited" — never "not Python"
+    or a raw OSError from whichever /proc read or ELF read it broke — and a
+    failed attach leaves nothing of perfd running."""
+    probe = spawn("idle.py", version="3.11")
+    engine = Engine(Registry())
+    t0 = time.monotonic()
+    engine.attach(probe.pid)
+    took = time.monotonic() - t0
+    engine.detach("measured")
+    before = set(threading.enumerate())
+    outcomes: Counter[str] = Counter()
+    for k in range(12):
+        target = spawn("idle.py", version="3.11")
+        engine = Engine(Registry())
+        killer = threading.Timer(took * 1.2 * k / 11, os.kill, (target.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            engine.attach(target.pid)
+        except NoSuchProcess as e:
+            outcomes["exited"] += 1
+            assert str(target.pid) in str(e) and ("exited" in str(e) or "no process" in str(e)), e
+            assert not engine.registry.attached
+        else:  # killed after attach finished: the watcher notices
+            outcomes["attached"] += 1
+            wait_for(lambda: not engine.registry.attached, timeout=2)
+            assert "exited" in (engine.registry.detached_reason or "")
+        finally:
+            killer.join()
+            target.proc.wait()
+        wait_for(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], timeout=3)
+        engine.detach("test done")
+    assert outcomes["exited"] >= 3 and outcomes["attached"] >= 1, outcomes  # the kills spanned the attach
 
 
 def test_sigterm_exits_zero_quickly_and_leaves_target_untouched(spawn):

@@ -30,7 +30,7 @@ def read_maps(pid: int) -> list[Mapping]:
     try:
         with open(f"/proc/{pid}/maps") as f:
             lines = f.read().splitlines()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it exited between lookup and open
         raise NoSuchProcess(f"no process with PID {pid}") from None
     except PermissionError:
         raise PermissionDenied(f"cannot read /proc/{pid}/maps: run perfd as root") from None

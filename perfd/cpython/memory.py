@@ -151,7 +151,7 @@ class ProcessMemory:
         if self._mem_fd is None:
             try:
                 self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY)
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # ESRCH: it exited between lookup and open
                 raise NoSuchProcess(f"process {self.pid} does not exist") from None
             except PermissionError:
                 raise _error(self.pid, errno.EPERM, addr) from None

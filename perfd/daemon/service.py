@@ -27,7 +27,7 @@ from perfd.config import ServeConfig
 from perfd.daemon.notify import Notifier
 from perfd.daemon.targets import Found, find_target
 from perfd.engine import Engine
-from perfd.errors import PerfdError
+from perfd.errors import NoSuchProcess, PerfdError
 from perfd.registry import Registry
 from perfd.runtime import StopEvent
 from perfd.server import bound_port, make_app, start_server
@@ -113,8 +113,9 @@ class ServeDaemon:
         if self._reload.is_set():
             self._reload.clear()
             await self._apply_reload()
-        self._notice_loss()
-        if not self._attached():
+        attached = self._attached()  # once: the watcher may detach meanwhile, and
+        self._notice_loss(attached)    # the loss must be noticed before anything else says why
+        if not attached:
             await self._try_attach()
         self._report()
 
@@ -156,15 +157,16 @@ class ServeDaemon:
             return
         try:
             interpreter = await asyncio.to_thread(self.engine.attach, found.pid)
+        except NoSuchProcess as e:  # it was exiting when found (often the target just lost): no back-off
+            self._wait(f"found PID {found.pid} by {found.how}, but {e}")
+            return
         except PerfdError as e:
             self._retry.failed(key, now)
-            await asyncio.to_thread(self.engine.detach, "attach failed")
             self._wait(f"found PID {found.pid} by {found.how} but cannot attach: {e}")
             return
         except Exception as e:  # a daemon keeps serving whatever one attach throws
             log.exception("attaching to PID %d", found.pid)
             self._retry.failed(key, now)
-            await asyncio.to_thread(self.engine.detach, "attach failed")
             self._wait(f"found PID {found.pid} by {found.how} but attaching failed: {e!r}")
             return
         self._retry = _Retry()
@@ -183,8 +185,7 @@ class ServeDaemon:
         if self.registry.detached_reason != text:
             self.registry.detach(text)
 
-    def _notice_loss(self) -> None:
-        attached = self._attached()
+    def _notice_loss(self, attached: bool) -> None:
         if self._was_attached and not attached:
             self._lost = self.registry.detached_reason
             say(self._lost or "detached")
