@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from perfd.cpython.chains import AwaitChains, task_coroutines
 from perfd.cpython.discovery import Interpreter
@@ -52,6 +52,20 @@ SPANS_MAX = 1024  # completed calls kept for op attribution (tens of seconds at 
 INCOMPLETE_LIMIT_S = 0.05  # longest run of looks that may not end calls (see DagSource._complete)
 TIMELINE_MAX = 4096
 PROFILE_MAX_STACKS = 2000
+
+
+@dataclass(frozen=True)
+class _AppRead:
+    """One read of the app's counters, with what the tracker had counted just before it.
+
+    The exact counts are compared with these only: a call the tracker sees
+    finish after the read is not in the counters yet, and set against them it
+    would be a call seen that never ran (coverage over 1).
+    """
+
+    state: AppState
+    running: dict[str, int] = field(default_factory=dict)  # node -> calls in flight
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (tracked, placed from ops)
 
 
 @dataclass
@@ -116,7 +130,7 @@ class DagSource:
         self._lock = threading.Lock()
         self._roots: frozenset[int] = frozenset()
         self._node_addrs: dict[int, str] = {}  # node object address -> id
-        self._app = AppState()
+        self._read = _AppRead(AppState())
         self._stop = threading.Event()
         self._thread_finder: NodeCallFinder | None = None
         self._running_gens: frozenset[int] = frozenset()  # node-entry coroutines running on a thread
@@ -303,11 +317,13 @@ class DagSource:
     def _time_missed_calls(self) -> None:
         """Calls the tracker missed, placed from their ops, up to what the app's
         exact counts say is missing (none without them: nothing is invented)."""
-        derived = self._app.derived_calls()
+        read = self._read
+        derived = read.state.derived_calls()
         if derived is None or self._derived_base is None:
             return
         with self._lock:
-            exact = self._exact_calls(derived, self.tracker.in_flight())
+            exact = self._exact_calls(derived, read.running)
+            # the tracker's counts now, not at the read: they only grow, so the room only shrinks
             room = {n: c - self._node(n).calls_total - self._node(n).op_calls for n, c in exact.items()}
             tracked, running = list(self._spans), list(self.tracker.open.values())
         calls = self.missed.take(time.monotonic_ns(), tracked, running, room, time.time() - time.monotonic())
@@ -432,8 +448,11 @@ class DagSource:
                 self._roots = frozenset(task_coroutines(stacks.mem, self._layout, tasks.task_addresses()))
             except (MemoryReadError, PerfdError) as e:
                 self.note = f"asyncio tasks not enumerated: {e}"
-        state = app.read(None if full else self._app)
-        self._app = state
+        with self._lock:
+            running = self.tracker.in_flight()
+            seen = {n: (s.calls_total, s.op_calls) for n, s in self.stats.items()}
+        state = app.read(None if full else self._read.state)
+        self._read = _AppRead(state, running, seen)
         if full:
             self._node_addrs = {n.address: n.node_id for n in state.nodes.values()}
             if len(self._point_types) < len(POINT_TYPES):  # numpy may be imported late
@@ -449,7 +468,8 @@ class DagSource:
         Cheap enough to run on every call event: it reads nothing from the target.
         Returns the per-node call coverage for the ``perfd`` section.
         """
-        state = self._app
+        read = self._read
+        state = read.state
         if ops is None:
             ops = self.ops_by_node() if self.ops_by_node else {}
         now = time.monotonic()
@@ -458,18 +478,15 @@ class DagSource:
         if derived is not None and self._derived_base is None:
             self._derived_base = derived
         with self._lock:
-            running = self.tracker.in_flight()
-            exact = self._exact_calls(derived, running)
+            running = self.tracker.in_flight()  # now, for running_nodes
+            exact = self._exact_calls(derived, read.running)
             window = self._exact_window(exact, now)
             ids = list(state.nodes) + [n for n in self.stats if n not in state.nodes]
             nodes = [self._metrics(node_id, state.nodes.get(node_id), now, queue_depth,
                                    state.throttled.get(node_id, 0), ops.get(node_id), exact.get(node_id),
                                    window.get(node_id))
                      for node_id in ids]
-            coverage = {n: {"observed_calls": self._node(n).calls_total, "exact_calls": c,
-                            "untimed_calls": self._node(n).untimed_calls,
-                            "placed_from_ops": self._node(n).op_calls,
-                            "coverage": round(self._node(n).calls_total / c, 3) if c else None}
+            coverage = {n: _coverage(read.seen.get(n, (0, 0)), c, self._node(n).untimed_calls)
                         for n, c in exact.items()}
             # Published under the lock: the tracker thread publishes on every call
             # event and the publisher thread on its timer; a section built before
@@ -484,11 +501,11 @@ class DagSource:
         """Fresh from the semaphore when it is known (the queue moves faster than
         the counters are read), else the last app-state read."""
         depth = self._slow[2].depth_now() if self._slow is not None else None
-        return depth if depth is not None else (self._app.queue_depth or 0)
+        return depth if depth is not None else (self._read.state.queue_depth or 0)
 
     def publish(self) -> None:
         """Everything this source owns: dag, app-derived system fields, self-report."""
-        state = self._app
+        state = self._read.state
         ops = self.ops_by_node() if self.ops_by_node else {}
         self._time_missed_calls()
         coverage = self.publish_dag(ops)
@@ -567,3 +584,11 @@ class DagSource:
             last_seen_ts=s.last_seen_ts,
             open3d_ops=ops or None,
         )
+
+
+def _coverage(seen: tuple[int, int], exact: int, untimed: int) -> dict:
+    """One node's entry in ``perfd.dag_calls``: the tracker's counts and the
+    app's exact count, both as of the same app-state read."""
+    tracked, placed = seen
+    return {"observed_calls": tracked, "exact_calls": exact, "untimed_calls": untimed,
+            "placed_from_ops": placed, "coverage": round(tracked / exact, 3) if exact else None}
