@@ -75,6 +75,9 @@ def test_default_demo_at_250hz(demo_factory, snapshot_schema):  # noqa: F811
     assert snap["dag"]["total_nodes"] == gt["dag"]["total_nodes"]
     assert snap["system"]["thread_count"] >= 2  # Python threads, from the interpreter's list
     assert "OS threads" not in (snap["perfd"]["sources"]["system"]["reason"] or "")
+    tracking = snap["perfd"]["call_tracking"]
+    assert tracking["achieved_hz"] > 0 and tracking["max_gap_ms"] is not None, tracking
+    assert isinstance(tracking["unplaced_op_groups"], int) and tracking["unplaced_op_groups"] >= 0, tracking
     assert not drops, drops
     # seen + placed from ops: never more than happened, in any snapshot (the
     # +1: a call already running at attach is seen, but not in the counters' delta)

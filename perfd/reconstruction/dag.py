@@ -541,7 +541,9 @@ class DagSource:
     def tracking_status(self) -> dict:
         """Achieved call-tracking rate and its worst gap over the last 10 s."""
         times = list(self._track_times)
-        counts = {"failures": self.track_failures, "incomplete_looks": self.incomplete_looks}
+        counts = {"failures": self.track_failures, "incomplete_looks": self.incomplete_looks,
+                  # op groups the tracker missed that no clear look bounds: not placed, so not timed
+                  "unplaced_op_groups": self.missed.unbounded}
         if len(times) < 2:
             return {"rate_hz": self.track_hz, "achieved_hz": 0.0, "max_gap_ms": None, **counts}
         gaps = [b - a for a, b in zip(times, times[1:])]
