@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from conftest import wait_for
@@ -42,7 +46,6 @@ def test_every_source_is_stopped_on_sigterm(demo_factory):  # noqa: F811
     assert rc == 0
     events = open("/sys/kernel/tracing/uprobe_events").read()
     assert f"perfd_{server.proc.pid}_" not in events
-    import os
     assert not os.path.exists(f"/sys/kernel/tracing/instances/perfd-{server.proc.pid}-{demo.pid}")
     assert demo.get_json("/api/status")["frames_received"] > 0  # the target runs on
 
@@ -52,3 +55,19 @@ def test_sigterm_with_open3d_uprobes_exits_within_2s(demo_factory):  # noqa: F81
     with _attached_with_uprobes(demo) as server:
         rc, took = server.terminate(timeout=60)
     assert rc == 0 and took < 2.0, took
+
+
+def test_the_targets_exit_is_one_line_in_perfds_log_not_a_traceback(demo_factory):  # noqa: F811
+    """A restarted LiDAR server is routine for a daemon: its exit is reported
+    once, and nothing reading it at that moment logs a stack trace."""
+    demo = demo_factory(clients=1, points=16384)
+    with _attached_with_uprobes(demo) as server:
+        time.sleep(2)  # app state read a few times: the publisher is mid-cycle when the target dies
+        os.kill(demo.pid, signal.SIGKILL)
+        wait_for(lambda: server.get("/api/metrics")[0] == 503, timeout=2)
+        time.sleep(0.5)
+        rc, _ = server.terminate(timeout=60)
+        log = server.proc.stderr.read()
+    assert rc == 0
+    assert "Traceback" not in log, log
+    assert f"target {demo.pid} exited" in log, log

@@ -24,7 +24,7 @@ from perfd.cpython.layouts import FrameWalk, frame_walk
 from perfd.cpython.sample import Sample
 from perfd.cpython.stacks import StackReader
 from perfd.cpython.tasks import TaskReader, calibrate
-from perfd.errors import MemoryReadError, PerfdError
+from perfd.errors import MemoryReadError, NoSuchProcess, PerfdError
 from perfd.profile import AppProfile
 from perfd.reconstruction.app_state import AppState, AppStateReader, NodeInfo
 from perfd.reconstruction.calls import CallTracker, CompletedCall
@@ -437,6 +437,8 @@ class DagSource:
                     next_full = time.monotonic() + SLOW_EVERY_S
                 self._refresh_slow(full)
                 self.publish()
+            except NoSuchProcess:  # the target exited: the engine's watcher says so and detaches
+                return
             except Exception:  # noqa: BLE001 - nothing read from a target may stop publishing
                 log.exception("publishing dag")
 
