@@ -84,7 +84,7 @@ def test_target_that_execs_is_followed(spawn) -> None:
     assert sampler.samples_total > sampler.samples_failed
 
 
-def test_callback_errors_do_not_stop_sampling(spawn) -> None:
+def test_callback_errors_do_not_stop_sampling_and_are_logged_once(spawn, caplog) -> None:
     target = spawn("idle.py", version="3.11")
 
     def broken(sample: Sample) -> None:
@@ -96,6 +96,8 @@ def test_callback_errors_do_not_stop_sampling(spawn) -> None:
     assert sampler.running
     sampler.stop()
     assert sampler.status().samples_failed == 0
+    logged = [r for r in caplog.records if "sample consumer failed" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info and "consumer bug" in str(logged[0].exc_info[1])
 
 
 @pytest.mark.parametrize("version", TARGET_VERSIONS)

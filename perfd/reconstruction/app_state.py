@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from perfd.cpython.objects import ArrayInfo, Failure
 from perfd.cpython.paths import ObjectPath, locate
 from perfd.cpython.stacks import StackReader
-from perfd.errors import MemoryReadError
+from perfd.errors import MemoryReadError, NoSuchProcess
 from perfd.profile import AppProfile
 
 _U32 = struct.Struct("<I")
@@ -248,7 +248,7 @@ class AppStateReader:
         handle, maxsize = self.semaphore
         try:
             value = _U32.unpack(self.stacks.mem.read(handle, 4))[0] & SEM_VALUE_MASK
-        except MemoryReadError:
+        except (MemoryReadError, NoSuchProcess):  # called from probe callbacks too: never raises
             return None
         return maxsize - value if value <= maxsize else None
 

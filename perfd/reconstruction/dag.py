@@ -25,6 +25,7 @@ from perfd.cpython.sample import Sample
 from perfd.cpython.stacks import StackReader
 from perfd.cpython.tasks import TaskReader, calibrate
 from perfd.errors import MemoryReadError, NoSuchProcess, PerfdError
+from perfd.failures import log_failure
 from perfd.profile import AppProfile
 from perfd.reconstruction.app_state import AppState, AppStateReader, NodeInfo
 from perfd.reconstruction.calls import CallTracker, CompletedCall
@@ -140,6 +141,7 @@ class DagSource:
         self.attributed_by: Counter = Counter()  # op calls by the evidence that placed them
         self._threads: list[threading.Thread] = []
         self.track_failures = 0
+        self.track_errors = 0  # looks that raised (a bug, logged): the loop goes on
         self.incomplete_looks = 0  # looks where some chain was cut short by a torn read
         self._incomplete_since: int | None = None
         self.track_hz = TRACK_HZ  # fixed at construction: the tracker thread reads it once it runs
@@ -207,7 +209,13 @@ class DagSource:
                     time.sleep(delay)
                 elif delay < -10 * period:
                     next_at = time.monotonic()  # fell far behind: do not burst
-                self._track_once(chains, finder)
+                try:
+                    self._track_once(chains, finder)
+                except NoSuchProcess:  # the target exited: the engine's watcher says so and detaches
+                    return
+                except Exception:  # noqa: BLE001 - nothing read from a target may stop call tracking
+                    self.track_errors += 1
+                    log_failure(log, self.track_errors, "call tracking failed")
         finally:
             stacks.close()
 
@@ -543,7 +551,8 @@ class DagSource:
     def tracking_status(self) -> dict:
         """Achieved call-tracking rate and its worst gap over the last 10 s."""
         times = list(self._track_times)
-        counts = {"failures": self.track_failures, "incomplete_looks": self.incomplete_looks,
+        counts = {"failures": self.track_failures, "errors": self.track_errors,
+                  "incomplete_looks": self.incomplete_looks,
                   # op groups the tracker missed that no clear look bounds: not placed, so not timed
                   "unplaced_op_groups": self.missed.unbounded}
         if len(times) < 2:

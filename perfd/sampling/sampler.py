@@ -24,6 +24,7 @@ from perfd.cpython.generators import GeneratorReader
 from perfd.cpython.sample import Sample
 from perfd.cpython.stacks import StackReader
 from perfd.errors import NoSuchProcess, PerfdError
+from perfd.failures import log_failure
 from perfd.snapshot import SamplerStatus
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,11 @@ class Sampler:
             if self.on_sample is not None:
                 try:
                     self.on_sample(sample)
+                except NoSuchProcess:  # the consumer read on as the target exited: the next sample counts it
+                    pass
                 except Exception:  # noqa: BLE001 - a consumer bug must not stop sampling
                     self.callback_errors += 1
-                    log.exception("sample consumer failed")
+                    log_failure(log, self.callback_errors, "sample consumer failed")
         self._close()
 
     def _raise_priority(self) -> None:

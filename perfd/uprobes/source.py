@@ -16,6 +16,7 @@ from typing import Callable, Literal, Protocol
 from perfd.cpython.layouts import FrameWalk
 from perfd.cpython.maps import read_maps
 from perfd.errors import PerfdError, UsageError
+from perfd.failures import log_failure
 from perfd.snapshot import Open3DOpMetrics
 from perfd.uprobes.aggregate import UNATTRIBUTED, Attribute, OpAggregator
 from perfd.uprobes.bcc_backend import BccBackend, BccError
@@ -62,6 +63,7 @@ class UprobeStatus:
     unmatched_returns: int = 0
     abandoned_entries: int = 0
     lost_events: int = 0  # kernel buffer overflowed: counts are low by this many calls
+    listener_failures: int = 0  # events a consumer (e.g. the dag) failed on: a bug, logged once
 
 
 class UprobeSource:
@@ -90,6 +92,7 @@ class UprobeSource:
         self.backend: Backend | None = None
         self.fallback_reason: str | None = None
         self._listeners: list[Callable[[OpEvent], None]] = []
+        self.listener_failures = 0
         self.recheck_s = recheck_s  # how often to look for a late ``import open3d``; 0 = never
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -187,7 +190,14 @@ class UprobeSource:
     def _on_event(self, ev: OpEvent) -> None:
         self.aggregator.add(ev)
         for listener in self._listeners:
-            listener(ev)
+            # called from the backend's reader (for bcc, inside a C callback that
+            # would swallow the exception with a trace on stderr): a listener's
+            # failure costs that listener this event, never the probe's events
+            try:
+                listener(ev)
+            except Exception:  # noqa: BLE001
+                self.listener_failures += 1
+                log_failure(log, self.listener_failures, "op event listener failed")
 
     def stop(self, reason: str = "detached") -> None:
         """Remove every probe this source created."""
@@ -228,6 +238,7 @@ class UprobeSource:
             unmatched_returns=stats.unmatched_returns,
             abandoned_entries=stats.abandoned_entries,
             lost_events=stats.lost_events,
+            listener_failures=self.listener_failures,
         )
 
     def __enter__(self) -> "UprobeSource":
