@@ -142,6 +142,7 @@ class DagSource:
         self._threads: list[threading.Thread] = []
         self.track_failures = 0
         self.track_errors = 0  # looks that raised (a bug, logged): the loop goes on
+        self.publish_errors = 0
         self.incomplete_looks = 0  # looks where some chain was cut short by a torn read
         self._incomplete_since: int | None = None
         self.track_hz = TRACK_HZ  # fixed at construction: the tracker thread reads it once it runs
@@ -448,7 +449,8 @@ class DagSource:
             except NoSuchProcess:  # the target exited: the engine's watcher says so and detaches
                 return
             except Exception:  # noqa: BLE001 - nothing read from a target may stop publishing
-                log.exception("publishing dag")
+                self.publish_errors += 1
+                log_failure(log, self.publish_errors, "publishing dag failed")
 
     def _refresh_slow(self, full: bool) -> None:
         """Counters every tick; tasks, registry, edges and connections when ``full``."""

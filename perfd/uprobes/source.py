@@ -63,7 +63,7 @@ class UprobeStatus:
     unmatched_returns: int = 0
     abandoned_entries: int = 0
     lost_events: int = 0  # kernel buffer overflowed: counts are low by this many calls
-    listener_failures: int = 0  # events a consumer (e.g. the dag) failed on: a bug, logged once
+    listener_failures: int = 0  # events a consumer (e.g. the dag) failed on: a bug (logged)
 
 
 class UprobeSource:
