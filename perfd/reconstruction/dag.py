@@ -59,14 +59,15 @@ PROFILE_MAX_STACKS = 2000
 class _AppRead:
     """One read of the app's counters, with what the tracker had counted just before it.
 
-    The exact counts are compared with these only: a call the tracker sees
-    finish after the read is not in the counters yet, and set against them it
-    would be a call seen that never ran (coverage over 1).
+    The exact counts are made from the calls in flight at the read and compared
+    with these only: a call the tracker sees finish after the read is not in
+    the counters yet, and set against them it would be a call seen that never
+    ran (coverage over 1); one seen starting would lower ``calls_total``.
     """
 
     state: AppState
-    running: dict[str, int] = field(default_factory=dict)  # node -> calls in flight
     seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (tracked, placed from ops)
+    exact: dict[str, int] = field(default_factory=dict)  # node -> calls completed since attach
 
 
 @dataclass
@@ -326,12 +327,10 @@ class DagSource:
     def _time_missed_calls(self) -> None:
         """Calls the tracker missed, placed from their ops, up to what the app's
         exact counts say is missing (none without them: nothing is invented)."""
-        read = self._read
-        derived = read.state.derived_calls()
-        if derived is None or self._derived_base is None:
+        exact = self._read.exact
+        if not exact:
             return
         with self._lock:
-            exact = self._exact_calls(derived, read.running)
             # the tracker's counts now, not at the read: they only grow, so the room only shrinks
             room = {n: c - self._node(n).calls_total - self._node(n).op_calls for n, c in exact.items()}
             tracked, running = list(self._spans), list(self.tracker.open.values())
@@ -464,7 +463,7 @@ class DagSource:
             running = self.tracker.in_flight()
             seen = {n: (s.calls_total, s.op_calls) for n, s in self.stats.items()}
         state = app.read(None if full else self._read.state)
-        self._read = _AppRead(state, running, seen)
+        self._read = _AppRead(state, seen, self._exact_calls(state.derived_calls(), running))
         if full:
             self._node_addrs = {n.address: n.node_id for n in state.nodes.values()}
             if len(self._point_types) < len(POINT_TYPES):  # numpy may be imported late
@@ -486,12 +485,9 @@ class DagSource:
             ops = self.ops_by_node() if self.ops_by_node else {}
         now = time.monotonic()
         queue_depth = self._queue_depth()
-        derived = state.derived_calls()
-        if derived is not None and self._derived_base is None:
-            self._derived_base = derived
+        exact = read.exact
         with self._lock:
             running = self.tracker.in_flight()  # now, for running_nodes
-            exact = self._exact_calls(derived, read.running)
             window = self._exact_window(exact, now)
             ids = list(state.nodes) + [n for n in self.stats if n not in state.nodes]
             nodes = [self._metrics(node_id, state.nodes.get(node_id), now, queue_depth,
@@ -564,9 +560,12 @@ class DagSource:
                 "max_gap_ms": round(max(gaps) / 1e6, 2), **counts}
 
     def _exact_calls(self, derived: dict[str, int] | None, running: dict[str, int]) -> dict[str, int]:
-        """Completed calls since attach, from app-state counters (see AppState.derived_calls)."""
-        if derived is None or self._derived_base is None:
+        """Completed calls since attach, from app-state counters (see AppState.derived_calls);
+        the first counters read are the base. Publisher thread only."""
+        if derived is None:
             return {}
+        if self._derived_base is None:
+            self._derived_base = derived
         base = self._derived_base
         return {n: max(0, c - base.get(n, 0) - running.get(n, 0)) for n, c in derived.items()}
 
