@@ -49,7 +49,7 @@ _FRAME_CACHE_MAX = 1 << 14
 @dataclass(slots=True)
 class CodeInfo:
     address: int
-    header: bytes  # bytes [8:prefix) of the code object (refcount excluded) — the cache key
+    header: bytes  # bytes [8:prefix) of the code object (refcount excluded) — the cache key, as read each sample
     name: str
     qualname: str
     filename: str
@@ -119,7 +119,7 @@ class StackReader:
         self.objects = ObjectReader(self.mem, self.layout)
         L = self.layout
         self._v313 = L.minor >= (3, 13)
-        self._code_prefix = L.code_qualname + 8
+        self._code_head = L.code_qualname  # bytes [8, qualname+8): the refcount, which always changes, is not read
         self._code_read = max(L.code_size, L.code_code_adaptive)
         self._owner_gen = L.frame_owner_generator
         self._owner_cstack = L.get("frame.owner_cstack", -1)
@@ -134,6 +134,7 @@ class StackReader:
         self._chunk_sizes: dict[int, int] = {}
         self._heap_frames: list[int] = []  # frames outside datastack chunks seen last sample
         self._last_codes: list[int] = []
+        self._codes_changed = False  # last sample: a code object in use was new or changed
         # Frame records reused while (frame, code, instruction, owner) and the code stay the same
         self._frame_cache: dict[tuple[int, int, int, int], Frame] = {}
         self._memo: dict[int, _Memo] = {}  # tstate -> its last sample
@@ -219,7 +220,7 @@ class StackReader:
         parts += cframe_parts
         frame_parts = [(f, _FRAME_READ) for f in self._heap_frames]
         parts += frame_parts
-        code_parts = [(c, self._code_prefix) for c in self._last_codes]
+        code_parts = [(c + 8, self._code_head) for c in self._last_codes]
         parts += code_parts
         bufs = mem.read_many(parts)
 
@@ -256,7 +257,7 @@ class StackReader:
         code_heads: dict[int, bytes] = {}
         for (addr, _size), b in zip(code_parts, bufs[k:k + len(code_parts)]):
             if b is not None:
-                code_heads[addr] = b
+                code_heads[addr - 8] = b
 
         # 3. current frame of each thread
         walks: list[_Walk] = []
@@ -365,12 +366,18 @@ class StackReader:
                 code_addrs[_Q.unpack_from(buf, off + code_at)[0]] = None
         missing_codes = [c for c in code_addrs if c not in code_heads]
         if missing_codes:
-            for c, b in zip(missing_codes, mem.read_many([(c, self._code_prefix) for c in missing_codes])):
+            for c, b in zip(missing_codes, mem.read_many([(c + 8, self._code_head) for c in missing_codes])):
                 if b is not None:
                     code_heads[c] = b
         self._last_codes = list(code_addrs)
 
-        valid_codes = {c: self._code(c, code_heads.get(c)) for c in code_addrs}
+        valid_codes: dict[int, CodeInfo | None] = {}
+        cached = self._codes
+        for c in code_addrs:
+            head = code_heads.get(c)
+            info = cached.get(c)
+            valid_codes[c] = info if info is not None and info.header == head else self._code(c, head)
+        self._codes_changed = None in valid_codes.values()
         if len(self._frame_cache) > _FRAME_CACHE_MAX:
             self._frame_cache = {}
         out: list[ThreadStack] = []
@@ -380,7 +387,7 @@ class StackReader:
                 if w.broken:
                     raise TornRead("frame chain unreadable")
                 if w.reused is not None:
-                    if any(valid_codes.get(c) is None for c in self._memo[w.tstate].codes):
+                    if self._codes_changed and any(valid_codes.get(c) is None for c in self._memo[w.tstate].codes):
                         raise TornRead("a code object changed under an unchanged stack")
                     frames = w.reused
                 else:
@@ -559,7 +566,7 @@ class StackReader:
         tail_ends: list[int] = []
         if w.tail >= 0:
             prior = w.prior
-            if all(valid_codes.get(c) is not None for c in prior.codes):
+            if not self._codes_changed or all(valid_codes.get(c) is not None for c in prior.codes):
                 tail_ends = prior.ends[w.tail:]  # never empty: the splice point is a walk position
                 tail = prior.frames[len(prior.frames) - tail_ends[0]:]
                 self.spliced_frames += len(tail)
@@ -632,13 +639,13 @@ class StackReader:
         if head is None:
             return None
         info = self._codes.get(addr)
-        if info is not None and info.header == head[8:]:
+        if info is not None and info.header == head:
             return info
         return self._load_code(addr, head)
 
     def _load_code(self, addr: int, head: bytes) -> CodeInfo | None:
         L = self.layout
-        type_addr = _Q.unpack_from(head, L.object_type)[0]
+        type_addr = _Q.unpack_from(head, L.object_type - 8)[0]
         if self._code_type and type_addr != self._code_type:
             return None
         if not self._code_type:
@@ -651,7 +658,7 @@ class StackReader:
             raw = self.mem.read(addr, self._code_read)
         except MemoryReadError:
             return None
-        if raw[:len(head)][8:] != head[8:]:
+        if raw[8:8 + len(head)] != head:
             return None  # changed between the two reads
 
         def s(off: int) -> str:
@@ -662,7 +669,7 @@ class StackReader:
         table = self.objects.decode(table_addr, 0)
         info = CodeInfo(
             address=addr,
-            header=head[8:],
+            header=head,
             name=s(L.code_name),
             qualname=s(L.code_qualname),
             filename=s(L.code_filename),
@@ -681,7 +688,7 @@ class StackReader:
     def code_info(self, addr: int) -> CodeInfo | None:
         """Code object metadata at ``addr`` (validated), or None."""
         try:
-            head = self.mem.read(addr, self._code_prefix)
+            head = self.mem.read(addr + 8, self._code_head)
         except MemoryReadError:
             return None
         return self._code(addr, head)
