@@ -386,3 +386,34 @@ def test_high_call_rate_loses_nothing(spawn, backend):
         m = source.ops_by_node()[UNATTRIBUTED]["select_by_index"]
     assert len(truth["select_by_index"]) == 20000 and m.calls == 20000
     assert status.lost_events == 0 and status.unmatched_returns == 0 and status.abandoned_entries == 0
+
+
+def test_calls_lost_to_a_full_kernel_buffer_are_counted_and_published(spawn, monkeypatch):
+    """A reader that falls behind loses calls once the kernel's ring buffer is
+    full. Each lost call is counted, published in ``perfd.uprobes`` and named in
+    the source's reason, so that calls counted + calls lost = calls made."""
+    require_backend("bcc")
+    from perfd.uprobes import bcc_backend, source as uprobe_source
+
+    monkeypatch.setattr(bcc_backend, "READ_INTERVAL_S", 60.0)  # a reader that never catches up on its own
+    monkeypatch.setattr(uprobe_source, "STATUS_EVERY_S", 0.2)
+    calls = 100_000  # the 2 MiB ring holds fewer completed calls than this
+    target = open3d_target(spawn, "--iterations", str(calls), "--api", "legacy", "--points", "64",
+                           "--ops", "select_by_index")
+    registry = Registry()
+
+    def published() -> dict:
+        return registry.health(broadcaster_running=False).model_dump()["perfd"].get("uprobes", {})
+
+    with UprobeSource(target.pid, registry, backend="bcc") as source:
+        truth = merged(run_ops(target))
+        source.flush()
+        counted = source.ops_by_node()[UNATTRIBUTED]["select_by_index"].calls
+        wait_for(lambda: published().get("events_total") == counted, timeout=5)  # a publication after the flush
+        status = published()
+        reason = registry.perfd_status().sources["uprobes"].reason
+    assert len(truth["select_by_index"]) == calls
+    lost = status["lost_events"]
+    assert 0 < lost < calls and counted + lost == calls, (counted, lost)
+    assert status["backend"] == "bcc"
+    assert f"{lost} op calls lost" in reason

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal, Protocol
 
 from perfd.cpython.layouts import FrameWalk
@@ -28,6 +29,7 @@ from perfd.uprobes.tracefs import TracefsBackend, TracefsError
 log = logging.getLogger(__name__)
 
 SOURCE = "uprobes"
+STATUS_EVERY_S = 1.0  # how often the source's counters (lost events above all) reach the perfd section
 BackendName = Literal["auto", "bcc", "tracefs"]
 BACKENDS = ("auto", "bcc", "tracefs")
 
@@ -45,6 +47,7 @@ class Backend(Protocol):
 
 class Publisher(Protocol):
     def set_source(self, name: str, active: bool, reason: str | None = None) -> None: ...
+    def publish_extra(self, key: str, value: object) -> None: ...
 
 
 @dataclass
@@ -94,6 +97,7 @@ class UprobeSource:
         self._listeners: list[Callable[[OpEvent], None]] = []
         self.listener_failures = 0
         self.recheck_s = recheck_s  # how often to look for a late ``import open3d``; 0 = never
+        self._recheck_at = 0.0
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -110,15 +114,16 @@ class UprobeSource:
     def start(self) -> bool:
         """Resolve and attach; True when probes are live. A target without
         Open3D mapped yet is watched (every ``recheck_s``) and probed once it
-        imports Open3D — apps often import it lazily."""
+        imports Open3D — apps often import it lazily. Once live, the source's
+        counters are published every ``STATUS_EVERY_S``."""
         _remove_stale_quietly()
         with self._lock:
-            if self._attach_locked():
-                return True
-        if self.recheck_s > 0 and self._watcher is None and self.resolution is not None and not self.resolution.found:
-            self._watcher = threading.Thread(target=self._watch, name=f"perfd-uprobes-watch-{self.pid}", daemon=True)
+            attached = self._attach_locked()
+        if self._watcher is None:
+            self._recheck_at = time.monotonic() + self.recheck_s
+            self._watcher = threading.Thread(target=self._tend, name=f"perfd-uprobes-watch-{self.pid}", daemon=True)
             self._watcher.start()
-        return False
+        return attached
 
     def _attach_locked(self) -> bool:
         if self.backend is not None:
@@ -140,16 +145,32 @@ class UprobeSource:
         self.registry.set_source(SOURCE, True, self._active_note())
         return True
 
-    def _watch(self) -> None:
-        while not self._stopped.wait(self.recheck_s):
-            try:
-                mapped = open3d_candidates(read_maps(self.pid))
-            except PerfdError:  # the target is gone: the engine detaches
+    def _tend(self) -> None:
+        """Publish the live probes' counters; before that, look for a late Open3D."""
+        period = min(STATUS_EVERY_S, self.recheck_s) if self.recheck_s > 0 else STATUS_EVERY_S
+        while not self._stopped.wait(period):
+            if self.backend is not None:
+                self.publish_status()
+            elif self._waiting_for_open3d() and time.monotonic() >= self._recheck_at:
+                self._recheck_at = time.monotonic() + self.recheck_s
+                try:
+                    mapped = open3d_candidates(read_maps(self.pid))
+                except PerfdError:  # the target is gone: the engine detaches
+                    return
+                if mapped:
+                    with self._lock:
+                        self._attach_locked()  # on failure Open3D is found: the reason is published, no retry
+
+    def _waiting_for_open3d(self) -> bool:
+        return self.recheck_s > 0 and self.resolution is not None and not self.resolution.found
+
+    def publish_status(self) -> None:
+        """The counters in ``perfd.uprobes``; the reason line says when calls were lost."""
+        with self._lock:
+            if self.backend is None or self._stopped.is_set():
                 return
-            if mapped:
-                with self._lock:
-                    if self._attach_locked() or self.resolution is None or self.resolution.found:
-                        return  # attached, or Open3D is there but a backend failed (reason published)
+            self.registry.publish_extra(SOURCE, asdict(self.status()))
+            self.registry.set_source(SOURCE, True, self._active_note())
 
     def _start_backend(self) -> Backend:
         res = self.resolution
@@ -174,6 +195,9 @@ class UprobeSource:
         if self.fallback_reason:
             notes.append(f"tracefs backend ({self.fallback_reason})")
         backend = self.backend
+        lost = backend.stats.lost_events if backend is not None else 0
+        if lost:
+            notes.append(f"{lost} op calls lost (the kernel buffer was full): op counts are low by that many")
         if isinstance(backend, TracefsBackend) and self.walk is not None:
             if not backend.frame_depth:
                 notes.append(f"ops placed from samples only: the kernel took no frame arguments ({backend.frames_refused})")
