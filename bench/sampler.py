@@ -2,7 +2,7 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, windows alternate B P B T B R B C B S B P … — the
+CPython. For each rate, windows alternate B A B P B T B R B C B S B A … — the
 target's own work rate with nothing attached (B), with perfd's Sampler in
 this process (P), with a thread that only wakes at that rate (T: the floor
 for any sampler that sleeps between samples), with one that wakes and
@@ -13,8 +13,11 @@ per sample, touching nothing of the target (C), and with ``py-spy record
 --nonblocking`` (S). Each window is compared with the mean of the two B
 windows around it, so slow drifts of a shared host cancel; the slowdown is
 the mean of those paired ratios with its 95% confidence interval (Student's
-t). "Within noise" means the interval holds 0; P close to C means the cost
-is CPU taken, not reads; T is what is left with no work at all.
+t). A is an A/A control: a window with nothing attached, paired exactly like
+the others — its paired ratios' standard deviation is the noise of one
+window, what a user watching the target's throughput window by window sees
+with nothing attached. P close to C means the cost is CPU taken, not reads;
+T is what is left with no work at all.
 Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
 one core).
 
@@ -234,9 +237,20 @@ _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31,
         12: 2.18, 15: 2.13, 20: 2.09, 25: 2.06, 30: 2.04}
 
 
+def _paired_pct(rows: list[dict]) -> list[float]:
+    """Each window's slowdown against the mean of the baselines around it, %."""
+    return [100 * (1 - r["work"] / statistics.mean(r["base"])) for r in rows if statistics.mean(r["base"])]
+
+
+def noise(rows: list[dict]) -> str:
+    """The standard deviation of the A/A control's paired slowdowns: one window's noise."""
+    paired = _paired_pct(rows)
+    return f"{statistics.stdev(paired):.1f}" if len(paired) > 1 else "n/a"
+
+
 def slowdown(rows: list[dict]) -> str:
     """Mean paired slowdown (1 - work / mean of the neighbouring baselines) and its 95% CI."""
-    paired = [100 * (1 - r["work"] / statistics.mean(r["base"])) for r in rows if statistics.mean(r["base"])]
+    paired = _paired_pct(rows)
     if not paired:
         return "n/a"
     mean = statistics.mean(paired)
@@ -288,12 +302,13 @@ def main() -> int:
         print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
                   f"{'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
-                  f"{'baseline spread %':>17}")
+                  f"{'A/A (nothing attached)':>22} {'noise SD %':>10} | {'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, control, timer, reads, spy = [target.work_rate(args.window)], [], [], [], [], []
+            base, perfd, control, timer, reads, spy, idle = [target.work_rate(args.window)], [], [], [], [], [], []
             for _ in range(args.repeats):
+                paired(target, args.window, base, {"work": target.work_rate(args.window)}, idle)
                 paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
                 paired(target, args.window, base, with_cpu_only(target, rate, args.window, 0.0), timer)
                 paired(target, args.window, base, with_reads_only(target, rate, args.window), reads)
@@ -309,7 +324,7 @@ def main() -> int:
                   f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in reads):>7.0f} {slowdown(reads):>21} | {slowdown(control):>21} | "
-                  f"{spy_cpu:>12} {slowdown(spy):>21} | {spread:>17.1f}")
+                  f"{spy_cpu:>12} {slowdown(spy):>21} | {slowdown(idle):>22} {noise(idle):>10} | {spread:>17.1f}")
         if reads:
             print(f"\nreads only: a sample's {reads[-1]['parts']} parts, {reads[-1]['bytes']:,} bytes")
     finally:
