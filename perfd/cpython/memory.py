@@ -115,12 +115,11 @@ class ProcessMemory:
             if err in (errno.ESRCH, errno.EPERM, errno.ENOSYS):
                 raise _error(self.pid, err, valid[0][1])
             n = 0
-        raw = buf.raw
         off = 0
         for i, _, size in valid:
             if off + size > n:
                 return False
-            out[base + i] = raw[off : off + size]
+            out[base + i] = buf[off : off + size]  # a copy of this part only (not the whole buffer first)
             off += size
         return True
 

@@ -125,6 +125,7 @@ class StackReader:
         self._owner_cstack = L.get("frame.owner_cstack", -1)
         self._owner_frame_obj = L.frame_owner_frame_object
         self._entry_flag = L.get("frame.is_entry", -1)
+        self._root_cframe = L.get("tstate.root_cframe", -1)
         self._codes: dict[int, CodeInfo] = {}
         self._code_type = 0  # address of the code type, learned from the first code object
         self._interp_addrs: list[int] = []
@@ -227,10 +228,11 @@ class StackReader:
         # 1. thread list still valid? (heads and next pointers from this same read)
         n_heads = len(head_parts)
         tbufs = bufs[n_heads:n_heads + len(tstates)]
-        if any(b is None for b in bufs[:n_heads + len(tstates)]):
+        if None in bufs[:n_heads + len(tstates)]:
             raise TornRead("thread state unreadable")
         heads = [_Q.unpack(b)[0] for b in bufs[:n_heads]]
-        expected = [_Q.unpack_from(b, L.tstate_next)[0] for b in tbufs]
+        at_next = L.tstate_next
+        expected = [_Q.unpack_from(b, at_next)[0] for b in tbufs]
         if not self._thread_list_matches(heads, tstates, expected):
             if relisted:
                 raise TornRead("thread list keeps changing")
@@ -263,21 +265,24 @@ class StackReader:
         walks: list[_Walk] = []
         need_cframe: list[tuple[_Walk, int]] = []
         unplanned: list[tuple[_Walk, list[tuple[int, int]]]] = []  # threads whose chunks were not read this round
-        root_cframe = L.get("tstate.root_cframe", -1)
+        root_cframe = self._root_cframe
+        v313, memos, unpack = self._v313, self._memo, _Q.unpack_from
+        at_tid, at_ntid = L.tstate_thread_id, L.tstate_native_thread_id
+        at_cframe = 0 if v313 else L.tstate_cframe
+        reused = 0
         for t, b, rng in zip(tstates, tbufs, ranges):
-            w = _Walk(t, _Q.unpack_from(b, L.tstate_thread_id)[0], _Q.unpack_from(b, L.tstate_native_thread_id)[0], 0)
-            w.ranges = rng
+            w = _Walk(t, unpack(b, at_tid)[0], unpack(b, at_ntid)[0], 0, ranges=rng)
             walks.append(w)
-            cf = 0 if self._v313 else _Q.unpack_from(b, L.tstate_cframe)[0]
+            cf = 0 if v313 else unpack(b, at_cframe)[0]
             cfbuf = cframes.get(cf, b"") if cf else b""
             # Unchanged bytes (thread state, its chunks, its C frame, its heap frames) = unchanged stack.
-            w.signature = (b, cfbuf, tuple(buf for _lo, _hi, buf in rng))
-            memo = self._memo.get(t)
-            if (memo is not None and memo.signature == w.signature and (cfbuf or not cf)
-                    and all(exact.get(a) == hb for a, hb in memo.heap)):
+            w.signature = signature = (b, cfbuf, tuple([r[2] for r in rng]))
+            memo = memos.get(t)
+            if (memo is not None and memo.signature == signature and (cfbuf or not cf)
+                    and (not memo.heap or all(exact.get(a) == hb for a, hb in memo.heap))):
                 w.reused = memo.frames
                 w.done = True
-                self.reused_threads += 1
+                reused += 1
                 continue  # same bytes: same chunk plan and C frame as last time
             w.prior = memo if memo is not None and memo.splices < _SPLICE_REFRESH else None
             chunk = _Q.unpack_from(b, L.tstate_datastack_chunk)[0]
@@ -293,6 +298,7 @@ class StackReader:
                     w.next_frame = _Q.unpack_from(cfbuf, L.cframe_current_frame)[0]
                 elif cf:
                     need_cframe.append((w, cf))
+        self.reused_threads += reused
         if unplanned:
             # Read their chunks now (one call) rather than walk frame by frame: a deep
             # stack would take a round trip per frame, and a slow walk is a torn walk.
@@ -310,11 +316,12 @@ class StackReader:
                 w.next_frame = _Q.unpack(b)[0]
 
         for w in walks:
+            if w.reused is not None or w.next_frame:
+                continue
             # 3.11/3.12: a thread outside Python sits on its root C frame; a NULL current
             # frame on any other C frame is a C frame caught before it was filled in.
-            half_made = w.reused is None and not w.next_frame and root_cframe >= 0 and self._cframes.get(w.tstate) not in (
-                0, w.tstate + root_cframe)
-            if half_made or not w.next_frame and w.reused is None and self._had_stack.get(w.tstate):
+            half_made = root_cframe >= 0 and self._cframes.get(w.tstate) not in (0, w.tstate + root_cframe)
+            if half_made or self._had_stack.get(w.tstate):
                 # had a stack a moment ago, none now: usually a frame record caught mid-update
                 if not lenient:
                     raise TornRead("current frame vanished")
