@@ -19,7 +19,9 @@ window, what a user watching the target's throughput window by window sees
 with nothing attached. P close to C means the cost is CPU taken, not reads;
 T is what is left with no work at all.
 Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
-one core).
+one core), and what a sample's reads cost flat out as perfd plans them (each
+thread's datastack chunks whole) against reading only what decoding needs
+(each frame's header, one part per frame): whether reading less could lower R.
 
 ``--sweep 1000:0,30,60,120`` instead: only the CPU-only control at that rate,
 burning each of those µs of work per wakeup (on top of the wakeup's own) —
@@ -223,6 +225,32 @@ def max_rate(target: BenchTarget, seconds: float = 2.0) -> tuple[float, float]:
     return n / cpu, 1e6 * cpu / n
 
 
+def read_plans(target: BenchTarget, rounds: int = 4000) -> list[tuple[str, int, int, float]]:
+    """µs of CPU for one steady-state sample's reads, flat out, against the
+    smallest exact alternative: every thread state and only each frame's header
+    (what a sampler needs to decode), one part per frame, in one call."""
+    reader = StackReader(locate_interpreter(target.proc.pid))
+    frames = [f.frame_addr for t in reader.sample().threads for f in t.frames]
+    headers = [(t, reader.layout.tstate_size) for t in reader.thread_states()] + [(a, 72) for a in frames]
+    reader.close()
+    mem = ProcessMemory(target.proc.pid)
+    out = []
+    try:
+        for name, batches in (("datastack chunks (perfd)", sample_reads(target)), ("frame headers only", [headers])):
+            for _ in range(100):
+                for parts in batches:
+                    mem.read_many(parts)
+            c0 = time.thread_time()
+            for _ in range(rounds):
+                for parts in batches:
+                    mem.read_many(parts)
+            us = 1e6 * (time.thread_time() - c0) / rounds
+            out.append((name, sum(len(b) for b in batches), sum(n for b in batches for _, n in b), us))
+    finally:
+        mem.close()
+    return out
+
+
 def paired(target: BenchTarget, window: float, base: list[float], row: dict | None, into: list) -> None:
     """Follow a measured window with a baseline one; the row keeps the baselines on
     either side (``base[-1]`` is the one before it) for ``slowdown``."""
@@ -299,7 +327,10 @@ def main() -> int:
         if args.sweep:
             return sweep(target, args.window, args.repeats, args.sweep)
         flat_hz, flat_us = max_rate(target)
-        print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core\n")
+        print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core")
+        for name, n_parts, n_bytes, us in read_plans(target):
+            print(f"  a sample's reads as {name}: {n_parts} parts, {n_bytes:,} bytes, {us:.1f} µs flat out")
+        print()
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
                   f"{'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
                   f"{'A/A (nothing attached)':>22} {'noise SD %':>10} | {'baseline spread %':>17}")

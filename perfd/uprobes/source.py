@@ -96,6 +96,7 @@ class UprobeSource:
         self.fallback_reason: str | None = None
         self._listeners: list[Callable[[OpEvent], None]] = []
         self.listener_failures = 0
+        self.status_failures = 0
         self.recheck_s = recheck_s  # how often to look for a late ``import open3d``; 0 = never
         self._recheck_at = 0.0
         self._lock = threading.Lock()
@@ -150,7 +151,11 @@ class UprobeSource:
         period = min(STATUS_EVERY_S, self.recheck_s) if self.recheck_s > 0 else STATUS_EVERY_S
         while not self._stopped.wait(period):
             if self.backend is not None:
-                self.publish_status()
+                try:
+                    self.publish_status()
+                except Exception:  # noqa: BLE001 - a bug here must not end the status, nor print a trace per second
+                    self.status_failures += 1
+                    log_failure(log, self.status_failures, "publishing the uprobes status failed")
             elif self._waiting_for_open3d() and time.monotonic() >= self._recheck_at:
                 self._recheck_at = time.monotonic() + self.recheck_s
                 try:
