@@ -174,8 +174,9 @@ class UprobeSource:
         with self._lock:
             if self.backend is None or self._stopped.is_set():
                 return
-            self.registry.publish_extra(SOURCE, asdict(self.status()))
-            self.registry.set_source(SOURCE, True, self._active_note())
+            status = self.status()
+            self.registry.publish_extra(SOURCE, asdict(status))
+            self.registry.set_source(SOURCE, True, self._active_note(status.lost_events))
 
     def _start_backend(self) -> Backend:
         res = self.resolution
@@ -193,14 +194,14 @@ class UprobeSource:
         tracefs_backend.start()
         return tracefs_backend
 
-    def _active_note(self) -> str | None:
+    def _active_note(self, lost: int = 0) -> str | None:
+        """The source's reason line; ``lost``: op calls the kernel dropped, from the status just read."""
         notes = []
         if self.resolution and self.resolution.missing:
             notes.append(f"not in {self.resolution.library}: {', '.join(self.resolution.missing)}")
         if self.fallback_reason:
             notes.append(f"tracefs backend ({self.fallback_reason})")
         backend = self.backend
-        lost = backend.stats.lost_events if backend is not None else 0
         if lost:
             notes.append(f"{lost} op calls lost (the kernel buffer was full): op counts are low by that many")
         if isinstance(backend, TracefsBackend) and self.walk is not None:
