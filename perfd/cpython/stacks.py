@@ -378,12 +378,7 @@ class StackReader:
                     code_heads[c] = b
         self._last_codes = list(code_addrs)
 
-        valid_codes: dict[int, CodeInfo | None] = {}
-        cached = self._codes
-        for c in code_addrs:
-            head = code_heads.get(c)
-            info = cached.get(c)
-            valid_codes[c] = info if info is not None and info.header == head else self._code(c, head)
+        valid_codes = {c: self._code(c, code_heads.get(c)) for c in code_addrs}
         self._codes_changed = None in valid_codes.values()
         if len(self._frame_cache) > _FRAME_CACHE_MAX:
             self._frame_cache = {}
