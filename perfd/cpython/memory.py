@@ -74,7 +74,7 @@ class ProcessMemory:
             if err == errno.ENOSYS or err == errno.EPERM and self._proc_mem_works(addr, size):
                 self._use_proc_mem = True
                 return self._pread(addr, size)
-            raise _error(self.pid, err, addr)
+            raise read_error(self.pid, err, addr)
         raise MemoryReadError(f"short read at {addr:#x}: {n} of {size} bytes")
 
     def read_many(self, parts: list[tuple[int, int]]) -> list[bytes | None]:
@@ -113,7 +113,7 @@ class ProcessMemory:
         if n < 0:
             err = ctypes.get_errno()
             if err in (errno.ESRCH, errno.EPERM, errno.ENOSYS):
-                raise _error(self.pid, err, valid[0][1])
+                raise read_error(self.pid, err, valid[0][1])
             n = 0
         off = 0
         for i, _, size in valid:
@@ -153,7 +153,7 @@ class ProcessMemory:
             except (FileNotFoundError, ProcessLookupError):  # ESRCH: it exited between lookup and open
                 raise NoSuchProcess(f"process {self.pid} does not exist") from None
             except PermissionError:
-                raise _error(self.pid, errno.EPERM, addr) from None
+                raise read_error(self.pid, errno.EPERM, addr) from None
         self.reads += 1
         try:
             data = os.pread(self._mem_fd, size, addr)
@@ -164,7 +164,8 @@ class ProcessMemory:
         return data
 
 
-def _error(pid: int, err: int, addr: int) -> Exception:
+def read_error(pid: int, err: int, addr: int) -> Exception:
+    """The typed error for a failed read of process ``pid`` (errno ``err``)."""
     if err == errno.ESRCH:
         return NoSuchProcess(f"process {pid} exited")
     if err == errno.EPERM:

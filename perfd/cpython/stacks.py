@@ -11,6 +11,7 @@ comparing their header bytes (addresses get reused); values are never cached.
 
 from __future__ import annotations
 
+import errno
 import struct
 import time
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from perfd.cpython.discovery import Interpreter
 from perfd.cpython.layouts import Layout, layout_for
 from perfd.cpython.linetable import line_for_offset
-from perfd.cpython.memory import ProcessMemory
+from perfd.cpython.memory import ProcessMemory, read_error
+from perfd.cpython import native_walk
 from perfd.cpython.objects import ObjectReader, Value
 from perfd.cpython.sample import Frame, Sample, ThreadStack
 from perfd.errors import MemoryReadError
@@ -112,7 +114,9 @@ class _Memo:
 class StackReader:
     """Samples the Python stacks of one interpreter (the main one and subinterpreters)."""
 
-    def __init__(self, interp: Interpreter, mem: ProcessMemory | None = None) -> None:
+    def __init__(self, interp: Interpreter, mem: ProcessMemory | None = None, *, walker: str = "auto") -> None:
+        """``walker``: "auto" (native when built and reading a live process), "native"
+        (raise ``NativeWalkerUnavailable`` if it cannot be) or "python"."""
         self.interp = interp
         self.mem = mem or ProcessMemory(interp.pid)
         self.layout: Layout = layout_for(interp, self.mem)
@@ -145,8 +149,23 @@ class StackReader:
         self.reused_threads = 0  # thread walks skipped because nothing changed
         self.spliced_frames = 0  # frames of changed threads kept from the last sample (not walked again)
         self.reads_last = 0  # syscalls used by the last sample
+        # The walk in C when it is built and the memory is a live process read by
+        # process_vm_readv; else (and if the kernel refuses it later) in Python.
+        live = type(self.mem) is ProcessMemory
+        self._native = native_walk.NativeWalk.create(interp.pid, L) if live and walker != "python" else None
+        if walker == "native" and self._native is None:
+            raise native_walk.NativeWalkerUnavailable(
+                native_walk.status().reason or "the native walker does not read this memory")
+        self._native_frames: dict[int, list[Frame]] = {}  # tstate -> frames of its last native sample
+
+    @property
+    def walker(self) -> str:
+        """Which walker samples: "native" or "python"."""
+        return "native" if self._native is not None else "python"
 
     def close(self) -> None:
+        if self._native is not None:
+            self._native.close()
         self.mem.close()
 
     # -- thread list ------------------------------------------------------
@@ -199,6 +218,9 @@ class StackReader:
         return Sample(mono, epoch, threads, retried=retried)
 
     def _forget_speculation(self) -> None:
+        if self._native is not None:
+            self._native.forget()
+            self._native_frames = {}
         self._tstates = []
         self._cframes.clear()
         self._chunks.clear()
@@ -206,6 +228,8 @@ class StackReader:
         self._memo = {}
 
     def _sample_once(self, relisted: bool = False, lenient: bool = False) -> list[ThreadStack]:
+        if self._native is not None:
+            return self._sample_native(relisted, lenient)
         L = self.layout
         mem = self.mem
         reads0 = mem.reads
@@ -411,6 +435,98 @@ class StackReader:
         self.reads_last = mem.reads - reads0
         return out
 
+    def _sample_native(self, relisted: bool, lenient: bool) -> list[ThreadStack]:
+        """``_sample_once`` with the reads, walk and byte checks in C: Python only
+        lists threads, decodes code objects C has not seen, and builds frame
+        records for frames that differ from the thread's last sample."""
+        nw = self._native
+        reads0 = self.mem.reads
+        if not self._tstates:
+            self._tstates = self._read_thread_list()
+            nw.set_threads(self._interp_addrs, self._tstates)
+        rc = nw.walk(lenient)
+        if rc == native_walk.RELIST:
+            if relisted:
+                raise TornRead("thread list keeps changing")
+            self._tstates = []
+            return self._sample_native(True, lenient)
+        if rc < 0:
+            if -rc in (errno.EPERM, errno.ENOSYS):
+                # process_vm_readv refused (e.g. seccomp): this read raises the typed error
+                # unless /proc/PID/mem works, and then the Python walker reads through it
+                self.mem.read(self.interp.runtime_addr, 8)
+                self._native = None
+                nw.close()
+                return self._sample_once(relisted, lenient)
+            raise read_error(self.interp.pid, -rc, self.interp.runtime_addr)
+        if rc == native_walk.TORN:
+            raise TornRead(nw.message)
+        fresh: set[int] = set()
+        for addr, head in nw.needed_codes():
+            info = self._code(addr, head)
+            if info is not None:
+                nw.set_code(addr, head, 1, info.firsttraceable)
+            else:
+                none = self._v313 and self.objects.type_name(addr) == "NoneType"
+                nw.set_code(addr, head, 2 if none else 0, 0)
+            fresh.add(addr)
+        rc = nw.decode(lenient)
+        if rc == native_walk.TORN:
+            raise TornRead(nw.message)
+        if rc < 0:
+            raise MemoryReadError(f"native walker: {errno.errorcode.get(-rc, -rc)}")
+        if len(self._frame_cache) > _FRAME_CACHE_MAX:
+            self._frame_cache = {}
+        info, raw = nw.threads(), nw.frames()
+        last, kept = self._native_frames, {}
+        out: list[ThreadStack] = []
+        pos = 0
+        for i in range(0, len(info), 6):
+            tstate, tid, ntid, flags, n, new = info[i:i + 6]
+            if flags & native_walk.DROPPED:
+                self.torn_threads += 1
+                out.append(ThreadStack(tid, ntid, tstate, [], suspect=True))
+                continue
+            prev = last.get(tstate)
+            keep = n - new
+            if keep and (prev is None or len(prev) < keep):
+                raise TornRead("native walker out of step with its frame records")
+            if not new and len(prev or ()) == n and prev is not None:
+                frames = prev
+                self.reused_threads += 1
+            else:
+                frames = self._frames_of_raw(raw, pos, new, fresh)
+                pos += 4 * new
+                if keep:
+                    frames += prev[len(prev) - keep:]
+                    self.spliced_frames += keep
+            kept[tstate] = frames
+            out.append(ThreadStack(tid, ntid, tstate, frames, suspect=bool(flags & native_walk.SUSPECT)))
+        self._native_frames = kept
+        self.reads_last = nw.reads + self.mem.reads - reads0
+        return out
+
+    def _frames_of_raw(self, raw: list[int], pos: int, n: int, fresh: set[int]) -> list[Frame]:
+        """Frame records for ``n`` frames the native walker checked, 4 words each from ``pos``."""
+        cache, codes = self._frame_cache, self._codes
+        out: list[Frame] = []
+        for k in range(pos, pos + 4 * n, 4):
+            addr, code_addr, instr, owner = key = (raw[k], raw[k + 1], raw[k + 2], raw[k + 3])
+            frame = cache.get(key) if code_addr not in fresh else None
+            if frame is None:
+                code = codes.get(code_addr) or self.code_info(code_addr)
+                if code is None:
+                    raise TornRead(f"code object {code_addr:#x} gone")
+                frame = cache[key] = self._new_frame(code, addr, code_addr, instr, owner)
+            out.append(frame)
+        return out
+
+    def _new_frame(self, code: CodeInfo, addr: int, code_addr: int, instr: int, owner: int) -> Frame:
+        L = self.layout
+        offset = instr - (code_addr + L.code_code_adaptive)
+        gen = addr - L.gen_iframe if owner == self._owner_gen else 0
+        return Frame(code.name, code.qualname, code.filename, code.line(offset), addr, code_addr, owner, gen)
+
     def _chunk_plan(self, chunk: int, top: int, fetched: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
         """Parts to read next sample for a thread's frames: the used part of the
         current chunk (+ slack) and the used part of every earlier chunk."""
@@ -579,7 +695,6 @@ class StackReader:
         owner_at, code_at, instr_at = L.frame_owner, L.frame_code, L.frame_instr
         code_base = L.code_code_adaptive
         owner_gen, owner_cstack, owner_fo = self._owner_gen, self._owner_cstack, self._owner_frame_obj
-        gen_iframe = L.gen_iframe
         cache = self._frame_cache
         out: list[Frame] = []
         starts: list[int] = []
@@ -610,9 +725,7 @@ class StackReader:
                 continue  # not started yet (_PyFrame_IsIncomplete)
             if offset > 1 << 24:
                 raise TornRead(f"frame {addr:#x} instruction pointer outside its code")
-            gen = addr - gen_iframe if owner == owner_gen else 0
-            frame = Frame(code.name, code.qualname, code.filename, code.line(offset), addr, code_addr, owner, gen)
-            cache[key] = frame
+            frame = cache[key] = self._new_frame(code, addr, code_addr, instr, owner)
             out.append(frame)
             last_owner = owner
         if w.tail >= 0:  # the outer frames were checked when they were walked

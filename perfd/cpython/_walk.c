@@ -1,0 +1,845 @@
+/* Native core of perfd's stack reader.
+ *
+ * One sample of a live CPython's thread stacks: the multi-part reads
+ * (process_vm_readv), the check that the thread list did not change, the walk
+ * of every thread's frame chain through its datastack chunks and the heap
+ * frames of coroutines, and the byte checks that catch a torn read. Python
+ * (perfd/cpython/stacks.py) keeps what is rare or needs objects: listing the
+ * threads, decoding a code object it has not seen, building frame records.
+ *
+ * Why C: in Python the same walk and checks cost ~3/4 of a sample's CPU;
+ * here they cost a few microseconds, so a sample costs about its reads.
+ *
+ * Everything read is untrusted: the target runs on while we read it, and a
+ * pointer may be garbage. Every offset into a buffer is bounds-checked; every
+ * loop and allocation is capped. Loaded with ctypes (no Python headers), so
+ * one build serves every target version: offsets come in a pw_layout.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#define PW_ABI 1
+
+#define MAX_DEPTH 4096
+#define MAX_THREADS 1024
+#define FRAME_READ 80 /* a frame's header through localsplus[0] */
+#define CHUNK_SLACK 2048
+#define CHUNK_MAX (1u << 20)
+#define MAX_PLAN 32
+#define HEAD_MAX 256
+#define HEAP_KEEP 512
+#define CODES_MAX 65536
+#define LAST_CODES_MAX 8192
+#define CHUNK_SIZES_MAX 4096
+#define ARENA_MAX (256u << 20)
+#define IOV_BATCH 1024
+
+enum { PW_OK = 0, PW_RELIST = 1, PW_TORN = 2 };
+enum { KIND_UNKNOWN = 0, KIND_CODE = 1, KIND_NONE = 2 };
+enum { FLAG_SUSPECT = 1, FLAG_DROPPED = 2 };
+
+typedef struct { /* offsets in bytes; -1: this version has no such field */
+    int64_t tstate_size, tstate_next, tstate_thread_id, tstate_native_thread_id;
+    int64_t tstate_cframe, tstate_current_frame, cframe_current_frame, tstate_root_cframe;
+    int64_t tstate_datastack_chunk, tstate_datastack_top;
+    int64_t chunk_previous, chunk_size, chunk_top, chunk_data;
+    int64_t frame_code, frame_previous, frame_instr, frame_owner, frame_is_entry;
+    int64_t owner_generator, owner_cstack, owner_frame_object;
+    int64_t interp_threads_head, code_head, code_code_adaptive;
+} pw_layout;
+
+typedef struct { /* what Python reads after pw_decode */
+    uint64_t n_threads;
+    uint64_t *threads; /* 6 per thread: tstate, thread id, native id, flags, frames, new frames */
+    uint64_t n_frames;
+    uint64_t *frames; /* 4 per new frame (frame, code, instr, owner), innermost first, threads in order */
+    uint64_t n_need;
+    uint64_t *need; /* code objects Python has to decode (or re-decode) */
+    uint8_t *need_heads; /* their headers as read, code_head bytes each */
+    uint64_t reads; /* syscalls this sample */
+    char msg[200];
+} pw_result;
+
+/* ---- a growable buffer and an address map ------------------------------ */
+
+typedef struct { uint8_t *p; size_t len, cap; } arena_t;
+
+static int arena_reserve(arena_t *a, size_t n, size_t *off) {
+    if (n > ARENA_MAX || a->len + n > ARENA_MAX) return -1;
+    if (a->len + n > a->cap) {
+        size_t cap = a->cap ? a->cap : 1 << 16;
+        while (cap < a->len + n) cap *= 2;
+        uint8_t *p = realloc(a->p, cap);
+        if (!p) return -1;
+        a->p = p;
+        a->cap = cap;
+    }
+    *off = a->len;
+    a->len += n;
+    return 0;
+}
+
+typedef struct { uint64_t *keys; int64_t *vals; size_t cap, n; } map_t; /* key 0 = empty */
+
+static size_t map_slot(const map_t *m, uint64_t key) {
+    uint64_t h = key * 0x9E3779B97F4A7C15ull;
+    size_t i = (size_t)(h >> 20) & (m->cap - 1);
+    while (m->keys[i] && m->keys[i] != key) i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static int64_t *map_get(const map_t *m, uint64_t key) {
+    if (!m->cap || !key) return NULL;
+    size_t i = map_slot(m, key);
+    return m->keys[i] ? &m->vals[i] : NULL;
+}
+
+static int map_put(map_t *m, uint64_t key, int64_t val) {
+    if (!key) return -1;
+    if ((m->n + 1) * 2 > m->cap) {
+        map_t g = {0};
+        g.cap = m->cap ? m->cap * 2 : 64;
+        g.keys = calloc(g.cap, sizeof *g.keys);
+        g.vals = calloc(g.cap, sizeof *g.vals);
+        if (!g.keys || !g.vals) { free(g.keys); free(g.vals); return -1; }
+        for (size_t i = 0; i < m->cap; i++)
+            if (m->keys[i]) {
+                size_t j = map_slot(&g, m->keys[i]);
+                g.keys[j] = m->keys[i];
+                g.vals[j] = m->vals[i];
+                g.n++;
+            }
+        free(m->keys);
+        free(m->vals);
+        *m = g;
+    }
+    size_t i = map_slot(m, key);
+    if (!m->keys[i]) { m->keys[i] = key; m->n++; }
+    m->vals[i] = val;
+    return 0;
+}
+
+static void map_clear(map_t *m) {
+    if (m->cap) memset(m->keys, 0, m->cap * sizeof *m->keys);
+    m->n = 0;
+}
+
+static void map_free(map_t *m) { free(m->keys); free(m->vals); memset(m, 0, sizeof *m); }
+
+#define VEC_PUSH(arr, n, cap, val)                                              \
+    do {                                                                        \
+        if ((n) == (cap)) {                                                     \
+            size_t c_ = (cap) ? (cap) * 2 : 16;                                 \
+            void *p_ = realloc((arr), c_ * sizeof *(arr));                      \
+            if (!p_) return -ENOMEM;                                            \
+            (arr) = p_;                                                         \
+            (cap) = c_;                                                         \
+        }                                                                       \
+        (arr)[(n)++] = (val);                                                   \
+    } while (0)
+
+/* ---- state ----------------------------------------------------------------- */
+
+typedef struct { uint64_t addr, len; int64_t off; } part_t; /* off: into the arena, -1 = unread */
+typedef struct { uint64_t addr, code, instr, owner; } raw_t;
+typedef struct { int64_t off; uint64_t addr; } step_t; /* a walked frame: where its header is in the arena */
+
+typedef struct {
+    /* kept between samples */
+    uint64_t tstate;
+    uint64_t cframe; /* 3.11/3.12: last C frame seen */
+    int n_plan;
+    uint64_t plan_addr[MAX_PLAN], plan_len[MAX_PLAN];
+    raw_t *prev;
+    size_t n_prev, cap_prev;
+    int had_stack; /* -1 unknown */
+    /* this sample */
+    int64_t tbuf;
+    uint64_t tid, ntid, next_frame;
+    int n_rng;
+    part_t rng[MAX_PLAN];
+    step_t *walk; /* the walked frames, innermost first */
+    size_t n_walk, cap_walk;
+    raw_t *out;
+    size_t n_out, cap_out;
+    int done, suspect, broken, dropped;
+} thread_t;
+
+typedef struct {
+    uint8_t head[HEAD_MAX];
+    int32_t kind, firsttraceable;
+    uint64_t stamp; /* sample in which Python last (re)decoded it */
+} code_t;
+
+typedef struct {
+    int pid;
+    pw_layout L;
+    uint64_t sample_no;
+    uint64_t *interps;
+    size_t n_interps;
+    thread_t *threads;
+    size_t n_threads;
+    arena_t arena;
+    part_t *parts;
+    size_t n_parts, cap_parts;
+    map_t heap;       /* this sample: heap frame -> arena offset (-1 unreadable) */
+    map_t heads;      /* this sample: code -> arena offset of its header (-1 unreadable) */
+    map_t used;       /* this sample: codes the frames use -> index in code table (-1: none) */
+    map_t code_index; /* kept: code -> index into codes */
+    code_t *codes;
+    size_t n_codes, cap_codes;
+    map_t chunk_sizes;
+    uint64_t *heap_last; /* heap frames of the last sample, read speculatively */
+    size_t n_heap_last, cap_heap_last;
+    uint64_t *codes_last;
+    size_t n_codes_last, cap_codes_last;
+    uint64_t *missing;
+    size_t n_missing, cap_missing;
+    uint64_t *res_threads, *res_frames, *res_need;
+    size_t cap_res_threads, cap_res_frames, cap_res_need;
+    uint8_t *res_heads;
+    size_t cap_res_heads;
+    int walked; /* pw_walk succeeded; pw_decode may run */
+    pw_result res;
+} pw_t;
+
+static int torn(pw_t *w, const char *msg, uint64_t addr) {
+    snprintf(w->res.msg, sizeof w->res.msg, msg, (unsigned long long)addr);
+    return PW_TORN;
+}
+
+static uint64_t u64_at(const pw_t *w, int64_t off, int64_t field) {
+    uint64_t v;
+    memcpy(&v, w->arena.p + off + field, 8);
+    return v;
+}
+
+/* ---- reads ----------------------------------------------------------------- */
+
+static int push_part(pw_t *w, uint64_t addr, uint64_t len) {
+    part_t p = {addr, len, -1};
+    VEC_PUSH(w->parts, w->n_parts, w->cap_parts, p);
+    return 0;
+}
+
+/* Reads parts [from, n_parts) into the arena. An unreadable part is marked and
+   skipped; the reads go on after it (the kernel stops a call at the first bad
+   part). Returns 0, or -errno when the target cannot be read at all. */
+static int read_parts(pw_t *w, size_t from) {
+    struct iovec local[IOV_BATCH], remote[IOV_BATCH];
+    for (size_t i = from; i < w->n_parts; i++) {
+        part_t *p = &w->parts[i];
+        size_t off;
+        p->off = -1;
+        if (!p->len || !p->addr || p->addr >= (1ull << 63) || arena_reserve(&w->arena, p->len, &off)) {
+            p->len = 0;
+            continue;
+        }
+        p->off = (int64_t)off;
+    }
+    size_t i = from;
+    while (i < w->n_parts) {
+        size_t k = 0, first = i;
+        for (; i < w->n_parts && k < IOV_BATCH; i++) {
+            part_t *p = &w->parts[i];
+            if (p->off < 0) continue;
+            local[k].iov_base = w->arena.p + p->off;
+            local[k].iov_len = p->len;
+            remote[k].iov_base = (void *)(uintptr_t)p->addr;
+            remote[k].iov_len = p->len;
+            k++;
+        }
+        if (!k) break;
+        w->res.reads++;
+        ssize_t got = process_vm_readv(w->pid, local, k, remote, k, 0);
+        if (got < 0) {
+            if (errno == ESRCH || errno == EPERM || errno == ENOSYS) return -errno;
+            got = 0;
+        }
+        size_t done = 0;
+        for (size_t j = first; j < i; j++) {
+            part_t *p = &w->parts[j];
+            if (p->off < 0) continue;
+            if (done + p->len <= (size_t)got) { done += p->len; continue; }
+            p->off = -1; /* the first part that failed: go on after it */
+            i = j + 1;
+            break;
+        }
+    }
+    return 0;
+}
+
+static int read_one(pw_t *w, uint64_t addr, uint64_t len, int64_t *off) {
+    size_t at = w->n_parts;
+    int rc = push_part(w, addr, len);
+    if (!rc) rc = read_parts(w, at);
+    *off = rc ? -1 : w->parts[at].off;
+    w->n_parts = at;
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+int pw_abi(void) { return PW_ABI; }
+
+pw_t *pw_new(int pid, const pw_layout *L) {
+    if (L->code_head <= 8 || L->code_head > HEAD_MAX || L->tstate_size <= 0 || L->tstate_size > 1 << 16)
+        return NULL;
+    int64_t tfields[] = {L->tstate_next, L->tstate_thread_id, L->tstate_native_thread_id,
+                         L->tstate_datastack_chunk, L->tstate_datastack_top,
+                         L->tstate_current_frame >= 0 ? L->tstate_current_frame : L->tstate_cframe};
+    for (size_t i = 0; i < sizeof tfields / sizeof *tfields; i++)
+        if (tfields[i] < 0 || tfields[i] + 8 > L->tstate_size) return NULL;
+    int64_t ffields[] = {L->frame_code, L->frame_previous, L->frame_instr};
+    for (size_t i = 0; i < 3; i++)
+        if (ffields[i] < 0 || ffields[i] + 8 > FRAME_READ) return NULL;
+    if (L->frame_owner < 0 || L->frame_owner >= FRAME_READ || L->frame_is_entry >= FRAME_READ) return NULL;
+    if (L->chunk_data < 24 || L->chunk_data > 64 || L->chunk_previous + 8 > L->chunk_data ||
+        L->chunk_top + 8 > L->chunk_data || L->chunk_size + 8 > L->chunk_data)
+        return NULL;
+    if (L->tstate_current_frame < 0 && (L->cframe_current_frame < 0 || L->cframe_current_frame + 8 > 16))
+        return NULL;
+    pw_t *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
+    w->pid = pid;
+    w->L = *L;
+    return w;
+}
+
+static void thread_free(thread_t *t) { free(t->prev); free(t->walk); free(t->out); }
+
+void pw_free(pw_t *w) {
+    if (!w) return;
+    for (size_t i = 0; i < w->n_threads; i++) thread_free(&w->threads[i]);
+    free(w->threads);
+    free(w->interps);
+    free(w->arena.p);
+    free(w->parts);
+    map_free(&w->heap);
+    map_free(&w->heads);
+    map_free(&w->used);
+    map_free(&w->code_index);
+    map_free(&w->chunk_sizes);
+    free(w->codes);
+    free(w->heap_last);
+    free(w->codes_last);
+    free(w->missing);
+    free(w->res_threads);
+    free(w->res_frames);
+    free(w->res_need);
+    free(w->res_heads);
+    free(w);
+}
+
+pw_result *pw_result_of(pw_t *w) { return &w->res; }
+
+/* The thread list as Python read it. State of threads still listed is kept. */
+int pw_set_threads(pw_t *w, const uint64_t *interps, size_t n_interps, const uint64_t *tstates, size_t n) {
+    if (n > MAX_THREADS || n_interps > 64) return -EINVAL;
+    thread_t *ts = calloc(n ? n : 1, sizeof *ts);
+    uint64_t *is = malloc((n_interps ? n_interps : 1) * sizeof *is);
+    if (!ts || !is) { free(ts); free(is); return -ENOMEM; }
+    for (size_t i = 0; i < n; i++) {
+        ts[i].tstate = tstates[i];
+        ts[i].had_stack = -1;
+        for (size_t j = 0; j < w->n_threads; j++)
+            if (w->threads[j].tstate == tstates[i]) {
+                ts[i] = w->threads[j];
+                memset(&w->threads[j], 0, sizeof w->threads[j]); /* moved, not freed */
+                break;
+            }
+    }
+    for (size_t j = 0; j < w->n_threads; j++) thread_free(&w->threads[j]);
+    free(w->threads);
+    free(w->interps);
+    memcpy(is, interps, n_interps * sizeof *is);
+    w->threads = ts;
+    w->n_threads = n;
+    w->interps = is;
+    w->n_interps = n_interps;
+    return 0;
+}
+
+/* After a torn sample: read nothing speculatively next time. */
+void pw_forget(pw_t *w) {
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        t->n_plan = 0;
+        t->cframe = 0;
+        t->n_prev = 0;
+    }
+    w->n_heap_last = 0;
+    w->n_codes_last = 0;
+    w->walked = 0;
+}
+
+/* ---- the walk ---------------------------------------------------------------- */
+
+static uint64_t chunk_size(pw_t *w, uint64_t chunk, int *err) {
+    int64_t *hit = map_get(&w->chunk_sizes, chunk);
+    if (hit) return (uint64_t)*hit;
+    int64_t off;
+    *err = read_one(w, chunk + w->L.chunk_size, 8, &off);
+    if (*err || off < 0) return 0;
+    uint64_t size = u64_at(w, off, 0);
+    if (!size || size > (1u << 30)) return 0;
+    if (w->chunk_sizes.n > CHUNK_SIZES_MAX) map_clear(&w->chunk_sizes);
+    map_put(&w->chunk_sizes, chunk, (int64_t)size);
+    return size;
+}
+
+/* Parts to read for a thread's frames: the used part of its current chunk
+   (+ slack for frames pushed by the next sample) and of every earlier chunk.
+   Returns 1 when the plan had to be rebuilt (the thread switched chunks). */
+static int plan_chunks(pw_t *w, thread_t *t, uint64_t chunk, uint64_t top, int *err) {
+    const pw_layout *L = &w->L;
+    *err = 0;
+    if (!chunk || top <= chunk) { t->n_plan = 0; return 0; }
+    uint64_t size = chunk_size(w, chunk, err);
+    if (*err || !size) { t->n_plan = 0; return 0; }
+    uint64_t want = top - chunk + CHUNK_SLACK;
+    if (want > size) want = size;
+    if (want > CHUNK_MAX) want = CHUNK_MAX;
+    if (t->n_plan && t->plan_addr[0] == chunk) {
+        t->plan_len[0] = want; /* earlier chunks do not change while this one is in use */
+        return 0;
+    }
+    t->n_plan = 1;
+    t->plan_addr[0] = chunk;
+    t->plan_len[0] = want;
+    int64_t off;
+    *err = read_one(w, chunk, (uint64_t)L->chunk_data, &off);
+    if (*err || off < 0) return 1;
+    uint64_t prev = u64_at(w, off, L->chunk_previous);
+    while (prev && t->n_plan < MAX_PLAN) {
+        *err = read_one(w, prev, (uint64_t)L->chunk_data, &off);
+        if (*err || off < 0) break;
+        uint64_t used = u64_at(w, off, L->chunk_top); /* in PyObject* units, saved on the switch */
+        uint64_t csize = u64_at(w, off, L->chunk_size);
+        if (used > CHUNK_MAX * 8ull) break;
+        uint64_t nbytes = (uint64_t)L->chunk_data + 8 * used;
+        if (!(nbytes <= csize && csize <= CHUNK_MAX * 64ull)) break;
+        t->plan_addr[t->n_plan] = prev;
+        t->plan_len[t->n_plan] = nbytes;
+        t->n_plan++;
+        prev = u64_at(w, off, L->chunk_previous);
+    }
+    return 1;
+}
+
+/* Arena offset of frame `addr`'s header, if this sample holds it. */
+static int64_t frame_at(const pw_t *w, const thread_t *t, uint64_t addr) {
+    for (int r = 0; r < t->n_rng; r++) {
+        const part_t *p = &t->rng[r];
+        if (p->off >= 0 && p->addr <= addr && addr - p->addr <= p->len && p->len - (addr - p->addr) >= FRAME_READ)
+            return p->off + (int64_t)(addr - p->addr);
+    }
+    int64_t *hit = map_get(&w->heap, addr);
+    return hit ? *hit : -2; /* -1: read and unreadable, -2: not read yet */
+}
+
+static int advance(pw_t *w, thread_t *t) {
+    uint64_t addr = t->next_frame;
+    while (addr) {
+        int64_t off = frame_at(w, t, addr);
+        if (off == -2) {
+            if (!map_get(&w->heap, addr)) VEC_PUSH(w->missing, w->n_missing, w->cap_missing, addr);
+            t->next_frame = addr;
+            return 0;
+        }
+        if (off < 0) { t->broken = 1; break; }
+        step_t s = {off, addr};
+        VEC_PUSH(t->walk, t->n_walk, t->cap_walk, s);
+        if (t->n_walk > MAX_DEPTH) { t->suspect = 1; break; }
+        addr = u64_at(w, off, w->L.frame_previous);
+    }
+    t->next_frame = 0;
+    t->done = 1;
+    return 0;
+}
+
+static int thread_list_matches(pw_t *w, const int64_t *heads, const int64_t *tbufs) {
+    size_t i = 0;
+    for (size_t h = 0; h < w->n_interps; h++) {
+        if (heads[h] < 0) return 0;
+        uint64_t head = u64_at(w, heads[h], 0);
+        if (!head) continue;
+        if (i >= w->n_threads || w->threads[i].tstate != head) return 0;
+        for (;;) {
+            uint64_t nxt = u64_at(w, tbufs[i], w->L.tstate_next);
+            i++;
+            if (!nxt) break;
+            if (i >= w->n_threads || w->threads[i].tstate != nxt) return 0;
+        }
+    }
+    return i == w->n_threads;
+}
+
+/* Reads and walks one sample. Returns PW_OK (then: decode the codes listed in
+   the result, pw_set_code them, pw_decode), PW_RELIST, PW_TORN (msg says why)
+   or -errno when the target is gone or unreadable. */
+int pw_walk(pw_t *w, int lenient) {
+    const pw_layout *L = &w->L;
+    int rc;
+    w->walked = 0;
+    w->sample_no++;
+    w->arena.len = 0;
+    w->n_parts = 0;
+    w->res.reads = 0;
+    w->res.n_need = 0;
+    w->res.msg[0] = 0;
+    map_clear(&w->heap);
+    map_clear(&w->heads);
+    map_clear(&w->used);
+
+    /* 1. one read: list heads, thread states, planned chunks, C frames, last heap frames, code headers */
+    size_t at_heads = w->n_parts;
+    for (size_t i = 0; i < w->n_interps; i++)
+        if ((rc = push_part(w, w->interps[i] + L->interp_threads_head, 8))) return rc;
+    size_t at_tstates = w->n_parts;
+    for (size_t i = 0; i < w->n_threads; i++)
+        if ((rc = push_part(w, w->threads[i].tstate, (uint64_t)L->tstate_size))) return rc;
+    size_t at_chunks = w->n_parts;
+    for (size_t i = 0; i < w->n_threads; i++)
+        for (int k = 0; k < w->threads[i].n_plan; k++)
+            if ((rc = push_part(w, w->threads[i].plan_addr[k], w->threads[i].plan_len[k]))) return rc;
+    size_t at_cframes = w->n_parts;
+    if (L->tstate_current_frame < 0)
+        for (size_t i = 0; i < w->n_threads; i++)
+            if ((rc = push_part(w, w->threads[i].cframe, 16))) return rc;
+    size_t at_heap = w->n_parts;
+    for (size_t i = 0; i < w->n_heap_last; i++)
+        if ((rc = push_part(w, w->heap_last[i], FRAME_READ))) return rc;
+    size_t at_codes = w->n_parts;
+    for (size_t i = 0; i < w->n_codes_last; i++)
+        if ((rc = push_part(w, w->codes_last[i] + 8, (uint64_t)L->code_head))) return rc;
+    if ((rc = read_parts(w, 0))) return rc;
+
+    /* 2. the thread list is still the one Python read? (heads and next pointers of this same read) */
+    int64_t heads[64], *tbufs = malloc((w->n_threads ? w->n_threads : 1) * sizeof *tbufs);
+    if (!tbufs) return -ENOMEM;
+    for (size_t i = 0; i < w->n_interps; i++) {
+        heads[i] = w->parts[at_heads + i].off;
+        if (heads[i] < 0) { free(tbufs); return torn(w, "thread list head unreadable", 0); }
+    }
+    for (size_t i = 0; i < w->n_threads; i++) {
+        tbufs[i] = w->parts[at_tstates + i].off;
+        if (tbufs[i] < 0) { free(tbufs); return torn(w, "thread state unreadable", 0); }
+    }
+    int same = thread_list_matches(w, heads, tbufs);
+    for (size_t i = 0; i < w->n_threads; i++) w->threads[i].tbuf = tbufs[i];
+    free(tbufs);
+    if (!same) return PW_RELIST;
+
+    /* 3. regions read, each thread's current frame; what the speculation missed is read in one more call */
+    size_t c = at_chunks, at_more = w->n_parts;
+    int64_t more_of[MAX_THREADS]; /* thread -> first of its follow-up parts, -1 none */
+    int64_t cframe_of[MAX_THREADS];
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        t->n_rng = t->n_plan;
+        for (int k = 0; k < t->n_plan; k++) t->rng[k] = w->parts[c++];
+        t->n_walk = t->n_out = 0;
+        t->done = t->suspect = t->broken = t->dropped = 0;
+        t->next_frame = 0;
+        t->tid = u64_at(w, t->tbuf, L->tstate_thread_id);
+        t->ntid = u64_at(w, t->tbuf, L->tstate_native_thread_id);
+        more_of[i] = cframe_of[i] = -1;
+    }
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        uint64_t chunk = u64_at(w, t->tbuf, L->tstate_datastack_chunk);
+        uint64_t top = u64_at(w, t->tbuf, L->tstate_datastack_top);
+        int err;
+        int rebuilt = plan_chunks(w, t, chunk, top, &err);
+        if (err) return err;
+        int covered = !rebuilt && t->n_plan && t->n_rng && t->rng[0].off >= 0 && t->rng[0].addr == chunk &&
+                      t->rng[0].len >= top - chunk;
+        if (t->n_plan && !covered) {
+            more_of[i] = (int64_t)w->n_parts;
+            for (int k = 0; k < t->n_plan; k++)
+                if ((rc = push_part(w, t->plan_addr[k], t->plan_len[k]))) return rc;
+        }
+        if (!t->n_plan) t->n_rng = 0;
+        if (L->tstate_current_frame >= 0) {
+            t->next_frame = u64_at(w, t->tbuf, L->tstate_current_frame);
+        } else {
+            uint64_t cf = u64_at(w, t->tbuf, L->tstate_cframe);
+            int64_t cfbuf = w->parts[at_cframes + i].off;
+            if (cf && cf == t->cframe && cfbuf >= 0) {
+                t->next_frame = u64_at(w, cfbuf, L->cframe_current_frame);
+            } else if (cf) {
+                cframe_of[i] = (int64_t)w->n_parts;
+                if ((rc = push_part(w, cf, 16))) return rc;
+            }
+            t->cframe = cf;
+        }
+    }
+    if (w->n_parts > at_more) {
+        if ((rc = read_parts(w, at_more))) return rc;
+        for (size_t i = 0; i < w->n_threads; i++) {
+            thread_t *t = &w->threads[i];
+            if (more_of[i] >= 0) {
+                t->n_rng = t->n_plan;
+                for (int k = 0; k < t->n_plan; k++) t->rng[k] = w->parts[more_of[i] + k];
+            }
+            if (cframe_of[i] >= 0) {
+                int64_t off = w->parts[cframe_of[i]].off;
+                if (off < 0) return torn(w, "cframe unreadable", t->cframe);
+                t->next_frame = u64_at(w, off, L->cframe_current_frame);
+            }
+        }
+    }
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        if (t->next_frame) continue;
+        /* 3.11/3.12: a thread outside Python sits on its root C frame; a NULL current
+           frame on any other C frame is a C frame caught before it was filled in. */
+        int half_made = L->tstate_root_cframe >= 0 && t->cframe && t->cframe != t->tstate + L->tstate_root_cframe;
+        if (half_made || t->had_stack == 1) {
+            if (!lenient) return torn(w, "current frame vanished", 0);
+            t->suspect = 1;
+        }
+        t->done = 1;
+    }
+
+    /* 4. walk; frames outside the chunks (coroutines') are read in batches */
+    for (size_t i = at_heap; i < at_codes; i++) map_put(&w->heap, w->parts[i].addr, w->parts[i].off);
+    for (size_t rounds = 0;; rounds++) {
+        w->n_missing = 0;
+        size_t pending = 0;
+        for (size_t i = 0; i < w->n_threads; i++) {
+            thread_t *t = &w->threads[i];
+            if (t->done) continue;
+            if ((rc = advance(w, t))) return rc;
+            if (t->broken && !lenient) return torn(w, "frame %#llx unreadable", t->next_frame);
+            pending += !t->done;
+        }
+        if (!pending) break;
+        if (rounds >= MAX_DEPTH) {
+            if (!lenient) return torn(w, "frame chain does not end", 0);
+            for (size_t i = 0; i < w->n_threads; i++)
+                if (!w->threads[i].done) w->threads[i].broken = w->threads[i].done = 1;
+            break;
+        }
+        size_t at = w->n_parts;
+        for (size_t k = 0; k < w->n_missing; k++)
+            if ((rc = push_part(w, w->missing[k], FRAME_READ))) return rc;
+        if ((rc = read_parts(w, at))) return rc;
+        for (size_t k = at; k < w->n_parts; k++) {
+            if (w->parts[k].off < 0 && !lenient) return torn(w, "frame %#llx unreadable", w->parts[k].addr);
+            map_put(&w->heap, w->parts[k].addr, w->parts[k].off);
+        }
+    }
+    /* heap frames walked: read speculatively next sample */
+    w->n_heap_last = 0;
+    for (size_t i = 0; i < w->heap.cap && w->n_heap_last < HEAP_KEEP; i++)
+        if (w->heap.keys[i] && w->heap.vals[i] >= 0) {
+            uint64_t a = w->heap.keys[i];
+            VEC_PUSH(w->heap_last, w->n_heap_last, w->cap_heap_last, a);
+        }
+
+    /* 5. code objects: header of each, as read now */
+    for (size_t i = at_codes; i < at_codes + w->n_codes_last; i++)
+        map_put(&w->heads, w->parts[i].addr - 8, w->parts[i].off);
+    size_t at_code_more = w->n_parts;
+    w->n_codes_last = 0;
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        for (size_t k = 0; k < t->n_walk; k++) {
+            int64_t off = t->walk[k].off;
+            if (w->arena.p[off + L->frame_owner] == L->owner_cstack) continue;
+            uint64_t code = u64_at(w, off, L->frame_code);
+            if (!code || map_get(&w->used, code)) continue;
+            if (map_put(&w->used, code, -1)) return -ENOMEM;
+            if (w->n_codes_last < LAST_CODES_MAX)
+                VEC_PUSH(w->codes_last, w->n_codes_last, w->cap_codes_last, code);
+            if (!map_get(&w->heads, code) && (rc = push_part(w, code + 8, (uint64_t)L->code_head))) return rc;
+        }
+    }
+    if (w->n_parts > at_code_more) {
+        if ((rc = read_parts(w, at_code_more))) return rc;
+        for (size_t i = at_code_more; i < w->n_parts; i++)
+            map_put(&w->heads, w->parts[i].addr - 8, w->parts[i].off);
+    }
+    if (w->n_codes > CODES_MAX) { /* addresses get reused: drop and re-learn */
+        w->n_codes = 0;
+        map_clear(&w->code_index);
+    }
+    size_t n_need = 0, hl = (size_t)L->code_head;
+    for (size_t i = 0; i < w->used.cap; i++) {
+        uint64_t code = w->used.keys[i];
+        if (!code) continue;
+        int64_t *head = map_get(&w->heads, code);
+        if (!head || *head < 0) continue; /* unreadable: not a code object (its frames tear) */
+        int64_t *ix = map_get(&w->code_index, code);
+        if (ix && w->codes[*ix].kind != KIND_UNKNOWN && !memcmp(w->codes[*ix].head, w->arena.p + *head, hl)) {
+            w->used.vals[i] = *ix;
+            continue;
+        }
+        if (n_need == w->cap_res_need) {
+            size_t cap = w->cap_res_need ? w->cap_res_need * 2 : 64;
+            uint64_t *p = realloc(w->res_need, cap * sizeof *p);
+            if (!p) return -ENOMEM;
+            w->res_need = p;
+            uint8_t *h = realloc(w->res_heads, cap * hl);
+            if (!h) return -ENOMEM;
+            w->res_heads = h;
+            w->cap_res_need = cap;
+        }
+        w->res_need[n_need] = code;
+        memcpy(w->res_heads + n_need * hl, w->arena.p + *head, hl);
+        n_need++;
+    }
+    w->res.n_need = n_need;
+    w->res.need = w->res_need;
+    w->res.need_heads = w->res_heads;
+    w->walked = 1;
+    return PW_OK;
+}
+
+/* Python's verdict on a code object whose header it was given. */
+int pw_set_code(pw_t *w, uint64_t addr, const uint8_t *head, int kind, int firsttraceable) {
+    int64_t *ix = map_get(&w->code_index, addr);
+    size_t i;
+    if (ix) {
+        i = (size_t)*ix;
+    } else {
+        code_t c = {0};
+        VEC_PUSH(w->codes, w->n_codes, w->cap_codes, c);
+        i = w->n_codes - 1;
+        if (map_put(&w->code_index, addr, (int64_t)i)) return -ENOMEM;
+    }
+    code_t *c = &w->codes[i];
+    memcpy(c->head, head, (size_t)w->L.code_head);
+    c->kind = kind;
+    c->firsttraceable = firsttraceable;
+    c->stamp = w->sample_no;
+    int64_t *u = map_get(&w->used, addr);
+    if (u) *u = (int64_t)i;
+    return 0;
+}
+
+static const code_t *code_of(const pw_t *w, uint64_t code) {
+    int64_t *ix = map_get(&w->used, code);
+    if (!ix || *ix < 0) return NULL;
+    return &w->codes[*ix];
+}
+
+/* One thread's frames from its walk, with the checks that catch a chain read
+   mid-update. Returns PW_OK or PW_TORN (msg set). */
+static int decode_thread(pw_t *w, thread_t *t) {
+    const pw_layout *L = &w->L;
+    const uint8_t *a = w->arena.p;
+    int last_owner = -1;
+    if (t->broken) return torn(w, "frame chain unreadable", 0);
+    for (size_t k = 0; k < t->n_walk; k++) {
+        int64_t off = t->walk[k].off;
+        int owner = a[off + L->frame_owner];
+        if (owner == L->owner_cstack) continue;
+        raw_t r;
+        r.addr = t->walk[k].addr;
+        r.code = u64_at(w, off, L->frame_code);
+        r.instr = u64_at(w, off, L->frame_instr);
+        r.owner = (uint64_t)owner;
+        if (owner == L->owner_frame_object || owner > 3) return torn(w, "a frame has owner %llu", (uint64_t)owner);
+        const code_t *c = code_of(w, r.code);
+        if (!c || c->kind == KIND_UNKNOWN) return torn(w, "a frame does not point at a code object (%#llx)", r.code);
+        if (c->kind == KIND_NONE) {
+            if (owner != L->owner_generator) continue; /* 3.13 trampoline frames execute None */
+            return torn(w, "a coroutine frame executes None (%#llx)", r.code);
+        }
+        int64_t offset = (int64_t)(r.instr - (r.code + (uint64_t)L->code_code_adaptive));
+        if (owner != L->owner_generator && offset < 2 * (int64_t)c->firsttraceable) continue; /* not started yet */
+        if (offset > (1 << 24)) return torn(w, "instruction pointer outside its code (%#llx)", r.instr);
+        VEC_PUSH(t->out, t->n_out, t->cap_out, r);
+        last_owner = owner;
+    }
+    if (t->suspect) return PW_OK;
+    if (last_owner == L->owner_generator)
+        return torn(w, "chain ends on a coroutine frame", 0); /* a coroutine suspended mid-walk */
+    if (t->n_walk && !t->n_out) return torn(w, "only entry frames: caught before the first Python frame", 0);
+    if (t->n_walk) {
+        /* Every stack starts where C entered the eval loop: an entry frame (3.12+: owned
+           by the C stack; 3.11: flagged is_entry). Else a `previous` was read mid-update. */
+        int64_t off = t->walk[t->n_walk - 1].off;
+        int entry = L->frame_is_entry >= 0 ? a[off + L->frame_is_entry] != 0 : a[off + L->frame_owner] == L->owner_cstack;
+        if (!entry) return torn(w, "chain does not end at an entry frame", 0);
+    }
+    return PW_OK;
+}
+
+int pw_decode(pw_t *w, int lenient) {
+    if (!w->walked) return torn(w, "decode without a walk", 0);
+    w->walked = 0;
+    size_t n_frames = 0;
+    if (w->cap_res_threads < 6 * w->n_threads + 6) {
+        free(w->res_threads);
+        w->cap_res_threads = 6 * w->n_threads + 6;
+        w->res_threads = malloc(w->cap_res_threads * sizeof *w->res_threads);
+        if (!w->res_threads) { w->cap_res_threads = 0; return -ENOMEM; }
+    }
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        int rc = decode_thread(w, t);
+        if (rc == PW_TORN) {
+            if (!lenient) return rc;
+            t->dropped = 1;
+            t->n_out = 0;
+        }
+    }
+    uint64_t *rt = w->res_threads;
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        size_t same = 0;
+        if (!t->dropped) {
+            /* frames equal to the last sample's, outermost up, whose code Python did not just re-decode */
+            while (same < t->n_out && same < t->n_prev) {
+                const raw_t *x = &t->out[t->n_out - 1 - same], *y = &t->prev[t->n_prev - 1 - same];
+                if (x->addr != y->addr || x->code != y->code || x->instr != y->instr || x->owner != y->owner) break;
+                const code_t *c = code_of(w, x->code);
+                if (!c || c->stamp == w->sample_no) break;
+                same++;
+            }
+        }
+        size_t fresh = t->n_out - same;
+        rt[6 * i + 0] = t->tstate;
+        rt[6 * i + 1] = t->tid;
+        rt[6 * i + 2] = t->ntid;
+        rt[6 * i + 3] = (t->suspect || t->dropped ? FLAG_SUSPECT : 0) | (t->dropped ? FLAG_DROPPED : 0);
+        rt[6 * i + 4] = t->n_out;
+        rt[6 * i + 5] = fresh;
+        if (n_frames + 4 * fresh > w->cap_res_frames) {
+            size_t cap = w->cap_res_frames ? w->cap_res_frames : 1024;
+            while (cap < n_frames + 4 * fresh) cap *= 2;
+            uint64_t *p = realloc(w->res_frames, cap * sizeof *p);
+            if (!p) return -ENOMEM;
+            w->res_frames = p;
+            w->cap_res_frames = cap;
+        }
+        memcpy(w->res_frames + n_frames, t->out, fresh * sizeof(raw_t));
+        n_frames += 4 * fresh;
+        /* remember this sample's frames for the next comparison */
+        if (t->n_out > t->cap_prev) {
+            raw_t *p = realloc(t->prev, t->n_out * sizeof *p);
+            if (!p) return -ENOMEM;
+            t->prev = p;
+            t->cap_prev = t->n_out;
+        }
+        memcpy(t->prev, t->out, t->n_out * sizeof *t->out);
+        t->n_prev = t->n_out;
+        if (!(t->suspect || t->dropped)) t->had_stack = t->n_out > 0;
+        else if (t->had_stack < 0) t->had_stack = 1;
+    }
+    w->res.n_threads = w->n_threads;
+    w->res.threads = rt;
+    w->res.n_frames = n_frames / 4;
+    w->res.frames = w->res_frames;
+    return PW_OK;
+}

@@ -1,0 +1,211 @@
+"""The stack reader's native core (``_walk.c``): loading, building, and a thin
+typed wrapper.
+
+The core is a plain shared library loaded with ctypes, not a CPython
+extension: it needs no Python headers to build, and one build serves every
+target version (offsets are passed in, from the layout owner). When it is
+missing, stale or refused, the stack reader walks in Python instead — same
+results, more CPU — and says so (``status()``, ``perfd doctor``).
+``PERFD_STACK_WALKER=python`` forces the Python walker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from perfd.cpython.layouts import Layout
+from perfd.errors import PerfdError
+
+ABI = 1  # must equal PW_ABI in _walk.c
+SOURCE = Path(__file__).with_name("_walk.c")
+LIBRARY = Path(__file__).with_name("_walk.so")
+
+OK, RELIST, TORN = 0, 1, 2
+SUSPECT, DROPPED = 1, 2
+
+_FIELDS = (
+    "tstate_size", "tstate_next", "tstate_thread_id", "tstate_native_thread_id",
+    "tstate_cframe", "tstate_current_frame", "cframe_current_frame", "tstate_root_cframe",
+    "tstate_datastack_chunk", "tstate_datastack_top",
+    "chunk_previous", "chunk_size", "chunk_top", "chunk_data",
+    "frame_code", "frame_previous", "frame_instr", "frame_owner", "frame_is_entry",
+    "owner_generator", "owner_cstack", "owner_frame_object",
+    "interp_threads_head", "code_head", "code_code_adaptive",
+)
+
+
+class _Layout(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in _FIELDS]
+
+
+class _Result(ctypes.Structure):
+    _fields_ = [
+        ("n_threads", ctypes.c_uint64), ("threads", ctypes.c_void_p),
+        ("n_frames", ctypes.c_uint64), ("frames", ctypes.c_void_p),
+        ("n_need", ctypes.c_uint64), ("need", ctypes.c_void_p), ("need_heads", ctypes.c_void_p),
+        ("reads", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
+    ]
+
+
+class NativeWalkerUnavailable(PerfdError):
+    """The native walker was asked for and cannot run here (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class NativeStatus:
+    available: bool
+    reason: str | None  # why not, and what to do
+
+
+def build(out: Path = LIBRARY) -> Path:
+    """Compile ``_walk.c`` (needs a C compiler; no Python headers)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler (apt-get install gcc libc6-dev)")
+    tmp = out.with_suffix(".so.tmp")
+    subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)], check=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("PERFD_STACK_WALKER", "").lower() == "python":
+        return None, "PERFD_STACK_WALKER=python"
+    if not LIBRARY.exists():
+        return None, f"{LIBRARY.name} is not built: run ./dev install (or python -m perfd.cpython.native_walk)"
+    if LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
+        return None, f"{LIBRARY.name} is older than {SOURCE.name}: rebuild it (./dev install)"
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError as e:
+        return None, f"cannot load {LIBRARY.name}: {e}"
+    if lib.pw_abi() != ABI:
+        return None, f"{LIBRARY.name} is ABI {lib.pw_abi()}, perfd wants {ABI}: rebuild it"
+    vp, u64, i32 = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
+    lib.pw_new.argtypes, lib.pw_new.restype = [i32, ctypes.POINTER(_Layout)], vp
+    lib.pw_free.argtypes, lib.pw_free.restype = [vp], None
+    lib.pw_result_of.argtypes, lib.pw_result_of.restype = [vp], ctypes.POINTER(_Result)
+    lib.pw_set_threads.argtypes = [vp, ctypes.POINTER(u64), ctypes.c_size_t, ctypes.POINTER(u64), ctypes.c_size_t]
+    lib.pw_forget.argtypes, lib.pw_forget.restype = [vp], None
+    lib.pw_walk.argtypes = [vp, i32]
+    lib.pw_set_code.argtypes = [vp, u64, ctypes.c_char_p, i32, i32]
+    lib.pw_decode.argtypes = [vp, i32]
+    return lib, None
+
+
+_LIB, _WHY = _load()
+
+
+def status() -> NativeStatus:
+    return NativeStatus(_LIB is not None, _WHY)
+
+
+def _c_layout(L: Layout) -> _Layout:
+    get = L.get
+    values = {
+        "tstate_size": L.tstate_size, "tstate_next": L.tstate_next,
+        "tstate_thread_id": L.tstate_thread_id, "tstate_native_thread_id": L.tstate_native_thread_id,
+        "tstate_cframe": get("tstate.cframe", -1), "tstate_current_frame": get("tstate.current_frame", -1),
+        "cframe_current_frame": get("cframe.current_frame", -1), "tstate_root_cframe": get("tstate.root_cframe", -1),
+        "tstate_datastack_chunk": L.tstate_datastack_chunk, "tstate_datastack_top": L.tstate_datastack_top,
+        "chunk_previous": L.chunk_previous, "chunk_size": L.chunk_size, "chunk_top": L.chunk_top,
+        "chunk_data": L.chunk_data,
+        "frame_code": L.frame_code, "frame_previous": L.frame_previous, "frame_instr": L.frame_instr,
+        "frame_owner": L.frame_owner, "frame_is_entry": get("frame.is_entry", -1),
+        "owner_generator": L.frame_owner_generator, "owner_cstack": get("frame.owner_cstack", -1),
+        "owner_frame_object": L.frame_owner_frame_object,
+        "interp_threads_head": L.interp_threads_head, "code_head": L.code_qualname,
+        "code_code_adaptive": L.code_code_adaptive,
+    }
+    return _Layout(**values)
+
+
+class NativeWalk:
+    """One target's native walker. Not thread-safe (one per StackReader)."""
+
+    def __init__(self, lib: ctypes.CDLL, pid: int, layout: Layout) -> None:
+        self._lib = lib
+        self._h = lib.pw_new(pid, ctypes.byref(_c_layout(layout)))
+        if not self._h:
+            raise ValueError("the native walker refused this layout")
+        self._res = lib.pw_result_of(self._h).contents
+        self.head_len = layout.code_qualname
+
+    @classmethod
+    def create(cls, pid: int, layout: Layout) -> "NativeWalk | None":
+        if _LIB is None or sys.byteorder != "little":
+            return None
+        try:
+            return cls(_LIB, pid, layout)
+        except ValueError:
+            return None
+
+    def close(self) -> None:
+        if self._h:
+            self._lib.pw_free(self._h)
+            self._h = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def set_threads(self, interps: list[int], tstates: list[int]) -> None:
+        ia = (ctypes.c_uint64 * max(1, len(interps)))(*interps)
+        ta = (ctypes.c_uint64 * max(1, len(tstates)))(*tstates)
+        if self._lib.pw_set_threads(self._h, ia, len(interps), ta, len(tstates)) < 0:
+            raise ValueError("too many threads or interpreters for the native walker")
+
+    def forget(self) -> None:
+        self._lib.pw_forget(self._h)
+
+    def walk(self, lenient: bool) -> int:
+        """OK, RELIST, TORN, or -errno (target gone or unreadable)."""
+        return self._lib.pw_walk(self._h, int(lenient))
+
+    def needed_codes(self) -> list[tuple[int, bytes]]:
+        """Code objects (address, header as read) Python must decode before ``decode``."""
+        r = self._res
+        n = r.n_need
+        if not n:
+            return []
+        addrs = (ctypes.c_uint64 * n).from_address(r.need)
+        heads = ctypes.string_at(r.need_heads, n * self.head_len)
+        hl = self.head_len
+        return [(addrs[i], heads[i * hl:(i + 1) * hl]) for i in range(n)]
+
+    def set_code(self, addr: int, head: bytes, kind: int, firsttraceable: int) -> None:
+        """kind: 1 a code object, 2 None (3.13 trampolines), 0 neither."""
+        if self._lib.pw_set_code(self._h, addr, head, kind, firsttraceable) < 0:
+            raise MemoryError("native walker")
+
+    def decode(self, lenient: bool) -> int:
+        return self._lib.pw_decode(self._h, int(lenient))
+
+    def threads(self) -> list[int]:
+        """6 per thread: tstate, thread id, native id, flags, frames, new frames."""
+        r = self._res
+        n = 6 * r.n_threads
+        return list((ctypes.c_uint64 * n).from_address(r.threads)) if n else []
+
+    def frames(self) -> list[int]:
+        """4 per new frame: frame, code, instruction pointer, owner."""
+        r = self._res
+        n = 4 * r.n_frames
+        return list((ctypes.c_uint64 * n).from_address(r.frames)) if n else []
+
+    @property
+    def message(self) -> str:
+        return self._res.msg.decode(errors="replace")
+
+    @property
+    def reads(self) -> int:
+        return self._res.reads
+
+
+if __name__ == "__main__":
+    print(build())
