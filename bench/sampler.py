@@ -2,12 +2,14 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, windows alternate B A B P B T B R B C B S B A … — the
+CPython. For each rate, windows alternate B A B P B Y B T B R B C B S B A … — the
 target's own work rate with nothing attached (B), with perfd's Sampler in
-this process (P), with a thread that only wakes at that rate (T: the floor
+this process (P: its default walker, native when built), with the same Sampler
+walking in Python (Y: what the native core saves, measured beside it), with a thread that only wakes at that rate (T: the floor
 for any sampler that sleeps between samples), with one that wakes and
 repeats a steady-state sample's ``process_vm_readv`` calls, decoding nothing
-(R: what decoding in native code could not remove), with a control thread that
+(R: what no decoder could remove; the parts the Python walker reads, which
+the native core reads too), with a control thread that
 wakes at that rate and burns the rest of the CPU perfd's last window took
 per sample, touching nothing of the target (C), and with ``py-spy record
 --nonblocking`` (S). Each window is compared with the mean of the two B
@@ -95,8 +97,9 @@ class BenchTarget:
         self.proc.wait()
 
 
-def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler | None = None) -> dict:
-    sampler = sampler or Sampler(locate_interpreter(target.proc.pid), rate)
+def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler | None = None, *,
+               walker: str = "auto") -> dict:
+    sampler = sampler or Sampler(locate_interpreter(target.proc.pid), rate, walker=walker)
     sampler.start()
     time.sleep(0.3)  # warm caches
     start_total, start_failed = sampler.samples_total, sampler.samples_failed
@@ -106,8 +109,10 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
     elapsed = time.monotonic() - t0
     c1 = _thread_cpu(sampler)
     total, failed = sampler.samples_total - start_total, sampler.samples_failed - start_failed
+    used = sampler.status().walker
     sampler.stop()
-    return {"work": work, "achieved": total / elapsed, "cpu": 100 * (c1 - c0) / elapsed,
+    assert walker in ("auto", used), (walker, used)
+    return {"work": work, "walker": used, "achieved": total / elapsed, "cpu": 100 * (c1 - c0) / elapsed,
             "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1)}
 
 
@@ -210,9 +215,9 @@ def with_pyspy(target: BenchTarget, rate: float, window: float) -> dict | None:
     return {"work": work, "cpu": 100 * (c1 - c0) / elapsed}
 
 
-def max_rate(target: BenchTarget, seconds: float = 2.0) -> tuple[float, float]:
+def max_rate(target: BenchTarget, seconds: float = 2.0, walker: str = "auto") -> tuple[float, float]:
     """Flat-out samples per second of CPU and µs of CPU per sample."""
-    reader = StackReader(locate_interpreter(target.proc.pid))
+    reader = StackReader(locate_interpreter(target.proc.pid), walker=walker)
     for _ in range(20):
         reader.sample()
     n = 0
@@ -326,21 +331,24 @@ def main() -> int:
               f"windows of {args.window:g}s x {args.repeats}")
         if args.sweep:
             return sweep(target, args.window, args.repeats, args.sweep)
-        flat_hz, flat_us = max_rate(target)
-        print(f"perfd flat out: {flat_us:.0f} µs CPU per sample -> max sustained {flat_hz:,.0f} samples/s on one core")
+        for walker in ("native", "python"):
+            flat_hz, flat_us = max_rate(target, walker=walker)
+            print(f"perfd flat out, {walker} walker: {flat_us:.0f} µs CPU per sample"
+                  f" -> max sustained {flat_hz:,.0f} samples/s on one core")
         for name, n_parts, n_bytes, us in read_plans(target):
             print(f"  a sample's reads as {name}: {n_parts} parts, {n_bytes:,} bytes, {us:.1f} µs flat out")
         print()
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
-                  f"{'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
+                  f"{'µs/smp':>7} {'perfd, Python walker':>21} | {'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
                   f"{'A/A (nothing attached)':>22} {'noise SD %':>10} | {'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, control, timer, reads, spy, idle = [target.work_rate(args.window)], [], [], [], [], [], []
+            base, perfd, pywalk, control, timer, reads, spy, idle = [target.work_rate(args.window)], [], [], [], [], [], [], []
             for _ in range(args.repeats):
                 paired(target, args.window, base, {"work": target.work_rate(args.window)}, idle)
                 paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
+                paired(target, args.window, base, with_perfd(target, rate, args.window, walker="python"), pywalk)
                 paired(target, args.window, base, with_cpu_only(target, rate, args.window, 0.0), timer)
                 paired(target, args.window, base, with_reads_only(target, rate, args.window), reads)
                 # the control's own wakeups cost what the timer's did: it burns the rest of perfd's CPU
@@ -353,11 +361,13 @@ def main() -> int:
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
             print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
                   f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | "
+                  f"{statistics.mean(r['us_per_sample'] for r in pywalk):>7.0f} {slowdown(pywalk):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in reads):>7.0f} {slowdown(reads):>21} | {slowdown(control):>21} | "
                   f"{spy_cpu:>12} {slowdown(spy):>21} | {slowdown(idle):>22} {noise(idle):>10} | {spread:>17.1f}")
+        print(f"\nperfd's walker (P): {perfd[-1]['walker']}")
         if reads:
-            print(f"\nreads only: a sample's {reads[-1]['parts']} parts, {reads[-1]['bytes']:,} bytes")
+            print(f"reads only: a sample's {reads[-1]['parts']} parts, {reads[-1]['bytes']:,} bytes")
     finally:
         target.stop()
     return 0

@@ -95,6 +95,8 @@ class SamplerStatus(_Model):
     samples_total: int = 0
     samples_failed: int = 0
     cpu_percent: float = 0.0
+    walker: str | None = None  # "native" (C core) or "python"; None before the first sample
+    walker_note: str | None = None  # why the Python walker, when it is
 
 
 class PerfdStatus(_Model):

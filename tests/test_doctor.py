@@ -59,7 +59,7 @@ def test_text_output_lists_each_check_and_sources():
     require_root()
     proc = run_doctor()
     assert proc.returncode == 0, proc.stdout
-    for name in ("ptrace-read", "bcc", "bpf-uprobe", "uprobe-program", "kernel-headers", "tracefs", "uprobe-events",
+    for name in ("ptrace-read", "native-walker", "bcc", "bpf-uprobe", "uprobe-program", "kernel-headers", "tracefs", "uprobe-events",
                  "tracefs-instance", "af-packet", "setns", "open3d-runtime"):
         assert re.search(rf"^  ok\s+{name}\s", proc.stdout, re.M), proc.stdout
     assert "sources: stacks on" in proc.stdout

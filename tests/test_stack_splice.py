@@ -45,7 +45,7 @@ def _stacks(reader: StackReader) -> dict[int, list[tuple]]:
 def test_spliced_stacks_equal_full_walks(spawn, version: str) -> None:
     target = spawn("stack_splice.py", version=version)
     interp = locate_interpreter(target.pid)
-    continuous = StackReader(interp)
+    continuous = StackReader(interp, walker="python")  # the native walker: test_stack_native.py
     compared = 0
     try:
         for _ in range(150):
@@ -53,7 +53,7 @@ def test_spliced_stacks_equal_full_walks(spawn, version: str) -> None:
             _stop(target.pid)
             try:
                 spliced = _stacks(continuous)
-                fresh = StackReader(interp)  # no memory of earlier samples: walks every frame
+                fresh = StackReader(interp, walker="python")  # no memory of earlier samples: walks every frame
                 try:
                     full = _stacks(fresh)
                 finally:

@@ -41,7 +41,7 @@
 #define IOV_BATCH 1024
 
 enum { PW_OK = 0, PW_RELIST = 1, PW_TORN = 2 };
-enum { KIND_UNKNOWN = 0, KIND_CODE = 1, KIND_NONE = 2 };
+enum { KIND_UNKNOWN = 0, KIND_CODE = 1, KIND_NONE = 2 }; /* what Python said a code address holds */
 enum { FLAG_SUSPECT = 1, FLAG_DROPPED = 2 };
 
 typedef struct { /* offsets in bytes; -1: this version has no such field */
@@ -453,7 +453,11 @@ static int advance(pw_t *w, thread_t *t) {
             t->next_frame = addr;
             return 0;
         }
-        if (off < 0) { t->broken = 1; break; }
+        if (off < 0) { /* read and unreadable: this chain is cut */
+            t->broken = t->done = 1;
+            t->next_frame = addr;
+            return 0;
+        }
         step_t s = {off, addr};
         VEC_PUSH(t->walk, t->n_walk, t->cap_walk, s);
         if (t->n_walk > MAX_DEPTH) { t->suspect = 1; break; }

@@ -16,11 +16,11 @@ import struct
 import time
 from dataclasses import dataclass, field, replace
 
+from perfd.cpython import native_walk
 from perfd.cpython.discovery import Interpreter
 from perfd.cpython.layouts import Layout, layout_for
 from perfd.cpython.linetable import line_for_offset
 from perfd.cpython.memory import ProcessMemory, read_error
-from perfd.cpython import native_walk
 from perfd.cpython.objects import ObjectReader, Value
 from perfd.cpython.sample import Frame, Sample, ThreadStack
 from perfd.errors import MemoryReadError
@@ -491,7 +491,7 @@ class StackReader:
             keep = n - new
             if keep and (prev is None or len(prev) < keep):
                 raise TornRead("native walker out of step with its frame records")
-            if not new and len(prev or ()) == n and prev is not None:
+            if not new and prev is not None and len(prev) == n:
                 frames = prev
                 self.reused_threads += 1
             else:

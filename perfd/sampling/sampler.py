@@ -19,6 +19,7 @@ import time
 from collections import deque
 from typing import Callable, Iterable
 
+from perfd.cpython import native_walk
 from perfd.cpython.discovery import Interpreter, locate_interpreter
 from perfd.cpython.generators import GeneratorReader
 from perfd.cpython.sample import Sample
@@ -42,7 +43,7 @@ class Sampler:
 
     def __init__(self, interpreter: Interpreter, rate_hz: float = 250.0,
                  on_sample: Callable[[Sample], None] | None = None, *, with_tasks_every_s: float | None = None,
-                 nice: int | None = -5) -> None:
+                 nice: int | None = -5, walker: str = "auto") -> None:
         if not 0 < rate_hz <= 10_000:
             raise ValueError(f"rate_hz must be in (0, 10000], got {rate_hz}")
         self.interpreter = interpreter
@@ -50,6 +51,7 @@ class Sampler:
         self.on_sample = on_sample
         self.with_tasks_every_s = with_tasks_every_s
         self.nice = nice
+        self.walker = walker  # StackReader's: "auto", "native" or "python"
         self.samples_total = 0
         self.samples_failed = 0
         self.samples_retried = 0
@@ -99,9 +101,14 @@ class Sampler:
             if len(self._cpu) > 1:
                 (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
                 cpu = 100.0 * (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+        reader = self._reader
+        walker = reader.walker if reader is not None else None
+        note = None
+        if walker == "python":
+            note = native_walk.status().reason or "the native walker does not read this target's memory"
         return SamplerStatus(rate_hz=self.rate_hz, achieved_hz=round(achieved, 1),
                              samples_total=self.samples_total, samples_failed=self.samples_failed,
-                             cpu_percent=round(cpu, 2))
+                             cpu_percent=round(cpu, 2), walker=walker, walker_note=note)
 
     # -- loop ---------------------------------------------------------------
     def _run(self) -> None:
@@ -187,7 +194,7 @@ class Sampler:
         if self._reader is None:
             if self._relocate:  # after failures: the target may have exec()ed another binary
                 self.interpreter = locate_interpreter(self.interpreter.pid)
-            self._reader = StackReader(self.interpreter)
+            self._reader = StackReader(self.interpreter, walker=self.walker)
             self._relocate = False
         return self._reader
 

@@ -1,0 +1,234 @@
+"""The stack reader's native core (perfd/cpython/_walk.c) against the Python
+walker it replaces, and against memory that makes no sense.
+
+The Python walker is the oracle: with the target stopped, both read the same
+memory, so every thread's frames must be equal — name, file, line and the
+identities later stages key on (frame, code, generator addresses, owner).
+Between stops the target runs on, so the native walker's memory of earlier
+samples (speculative reads, frames kept from the last sample) is exercised
+as it is in the sampler.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TARGET_VERSIONS
+from perfd.cpython import native_walk
+from perfd.cpython.discovery import locate_interpreter
+from perfd.cpython.layouts import generated_layout
+from perfd.cpython.stacks import StackReader
+from perfd.sampling import Sampler
+from test_stack_splice import _stop
+
+
+def _frames(reader: StackReader) -> dict[int, list[tuple]]:
+    return {t.native_thread_id: [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr, f.owner)
+                                 for f in t.frames]
+            for t in reader.sample().threads}
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+@pytest.mark.parametrize("script", ["stack_splice.py", "reader_churn.py", "reader_stacks.py", "frame_owners.py"])
+def test_native_walk_equals_python_walk(spawn, version: str, script: str) -> None:
+    target = spawn(script, version=version)
+    interp = locate_interpreter(target.pid)
+    native = StackReader(interp, walker="native")
+    compared = frames = 0
+    try:
+        for _ in range(80):
+            time.sleep(random.uniform(0.0005, 0.004))
+            _stop(target.pid)
+            try:
+                got = _frames(native)
+                python = StackReader(interp, walker="python")
+                try:
+                    want = _frames(python)
+                finally:
+                    python.close()
+            finally:
+                os.kill(target.pid, signal.SIGCONT)
+            assert got == want
+            compared += 1
+            frames += sum(len(f) for f in want.values())
+    finally:
+        native.close()
+    assert compared == 80 and frames > 80 * 10
+    # the native walker kept unchanged frames from earlier samples rather than rebuilding them
+    assert native.reused_threads + native.spliced_frames > 0
+
+
+def test_the_native_walker_is_the_default_and_reported(spawn) -> None:
+    assert native_walk.status().available, native_walk.status().reason  # ./dev builds it
+    target = spawn("reader_stacks.py", version="3.12")
+    interp = locate_interpreter(target.pid)
+    reader = StackReader(interp)
+    assert reader.walker == "native"
+    reader.close()
+    sampler = Sampler(interp, 250)
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sampler.samples_total < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = sampler.status()
+    finally:
+        sampler.stop()
+    assert status.walker == "native" and status.walker_note is None
+    assert status.samples_total >= 50 and status.samples_failed == 0
+
+
+def test_without_the_library_perfd_walks_in_python_and_says_why(spawn) -> None:
+    target = spawn("reader_stacks.py", version="3.12")
+    code = (
+        "import json, sys\n"
+        "from perfd.cpython.discovery import locate_interpreter\n"
+        "from perfd.cpython.stacks import StackReader\n"
+        "from perfd.doctor import check_native_walker\n"
+        f"r = StackReader(locate_interpreter({target.pid}))\n"
+        "c = check_native_walker()\n"
+        "print(json.dumps([r.walker, len(r.sample().threads), c.ok, c.detail]))\n"
+    )
+    env = {**os.environ, "PERFD_STACK_WALKER": "python"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    walker, threads, ok, detail = __import__("json").loads(out.stdout)
+    assert walker == "python" and threads >= 2
+    assert not ok and "PERFD_STACK_WALKER=python" in detail
+
+
+# -- memory that makes no sense ------------------------------------------------
+
+_WORLD = 1 << 16
+
+
+def fuzz(version: str, seed: int, rounds: int) -> dict[str, int]:
+    """Point the native walker at random bytes in this very process (so every read
+    is real and many pointers land in mapped memory), with a thread list that is
+    consistent often enough to get the walk going. Returns outcome counts."""
+    rng = random.Random(seed)
+    layout = generated_layout(version)
+    world = ctypes.create_string_buffer(_WORLD)
+    base = ctypes.addressof(world)
+    nw = native_walk.NativeWalk.create(os.getpid(), layout)
+    assert nw is not None
+    outcomes: dict[str, int] = {}
+    n = 0
+    for i in range(rounds):
+        if i and rng.random() < 0.4:
+            # the same memory again with a few words changed: mostly the frames of
+            # the last sample, which the walker keeps rather than reports again
+            for _ in range(rng.randrange(0, 3)):
+                ctypes.c_uint64.from_address(base + rng.randrange(0, _WORLD - 8) // 8 * 8).value = rng.choice(
+                    (0, rng.randrange(0, 300), base + rng.randrange(0, _WORLD - 8) // 8 * 8))
+        else:
+            ctypes.memmove(world, _random_words(rng, base), _WORLD)
+            n = rng.randrange(0, 8)
+            tstates = [base + rng.randrange(0, _WORLD - layout.tstate_size) // 8 * 8 for _ in range(n)]
+            interps = [base + rng.randrange(0, _WORLD - layout.interp_threads_head - 8) // 8 * 8]
+            if rng.random() < 0.8 and tstates:  # a list that matches: heads and next pointers
+                ctypes.c_uint64.from_address(interps[0] + layout.interp_threads_head).value = tstates[0]
+                for a, b in zip(tstates, tstates[1:] + [0]):
+                    ctypes.c_uint64.from_address(a + layout.tstate_next).value = b
+            if rng.random() < 0.6:
+                _plant_chains(rng, layout, base, tstates)
+            nw.set_threads(interps, tstates)
+        for attempt in range(3):
+            lenient = attempt == 2
+            rc = nw.walk(lenient)
+            if rc == native_walk.OK:
+                for addr, head in nw.needed_codes():
+                    assert len(head) == layout.code_qualname
+                    nw.set_code(addr, head, rng.choice((0, 1, 1, 2)), rng.randrange(-5, 50))
+                rc = nw.decode(lenient)
+                if rc == native_walk.OK:
+                    info, raw = nw.threads(), nw.frames()
+                    assert len(info) == 6 * n
+                    assert sum(info[k + 5] for k in range(0, len(info), 6)) * 4 == len(raw)
+                    assert all(info[k + 5] <= info[k + 4] for k in range(0, len(info), 6))
+                    for what, seen in (("frames", raw), ("kept", any(info[k + 4] > info[k + 5]
+                                                                        for k in range(0, len(info), 6)))):
+                        if seen:
+                            outcomes[what] = outcomes.get(what, 0) + 1
+            key = {native_walk.OK: "ok", native_walk.RELIST: "relist", native_walk.TORN: "torn"}.get(rc, f"errno{-rc}")
+            outcomes[key] = outcomes.get(key, 0) + 1
+            if rc == native_walk.TORN:
+                nw.forget()
+        if i % 7 == 0:
+            nw.forget()
+    nw.close()
+    return outcomes
+
+
+def _random_words(rng: random.Random, base: int) -> bytes:
+    """A world of words biased to pointers into itself, small ints and zeros."""
+    words = []
+    for _ in range(_WORLD // 8):
+        pick = rng.random()
+        if pick < 0.35:
+            words.append(base + rng.randrange(0, _WORLD - 8) // 8 * 8)
+        elif pick < 0.55:
+            words.append(rng.randrange(0, 300))
+        elif pick < 0.65:
+            words.append(0)
+        elif pick < 0.7:
+            words.append(rng.randrange(1, 1 << 64))
+        else:
+            words.append(rng.randrange(0x7F0000000000, 0x7FFFFFFFFFFF))
+    return b"".join(w.to_bytes(8, "little") for w in words)
+
+
+def _plant_chains(rng: random.Random, layout, base: int, tstates: list[int]) -> None:
+    """Give each thread a frame chain that passes the walker's checks (so frames
+    come out and are compared with the last sample's), then flip a few words."""
+    def put(addr: int, value: int, size: int = 8) -> None:
+        if base <= addr and addr + size <= base + _WORLD:
+            ctypes.memmove(addr, value.to_bytes(size, "little"), size)
+
+    def spot(size: int) -> int:
+        return base + rng.randrange(0, _WORLD - size) // 8 * 8
+
+    codes = [spot(layout.code_qualname + 8) for _ in range(3)]
+    cstack = layout.get("frame.owner_cstack", -1)
+    for t in tstates:
+        frames = [spot(80) for _ in range(rng.randrange(1, 12))]
+        for k, f in enumerate(frames):
+            last = k == len(frames) - 1
+            put(f + layout.frame_previous, 0 if last else frames[k + 1])
+            code = rng.choice(codes)
+            put(f + layout.frame_code, code)
+            put(f + layout.frame_instr, code + layout.code_code_adaptive + 2 * rng.randrange(0, 40))
+            put(f + layout.frame_owner, cstack if last and cstack >= 0 else rng.choice((0, 0, 0, 1)), 1)
+            if layout.get("frame.is_entry") is not None:
+                put(f + layout.frame_is_entry, int(last), 1)
+        if layout.get("tstate.current_frame") is not None:
+            put(t + layout.tstate_current_frame, frames[0])
+        else:
+            cframe = spot(16)
+            put(t + layout.tstate_cframe, cframe)
+            put(cframe + layout.cframe_current_frame, frames[0])
+    for _ in range(rng.randrange(0, 4)):
+        put(spot(8), rng.randrange(0, 1 << 64))
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_native_walker_on_random_memory(version: str) -> None:
+    # in a child: a memory error in C would kill the process, not fail an assert
+    code = f"import json, test_stack_native as t; print(json.dumps(t.fuzz({version!r}, 11, 600)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    outcomes = __import__("json").loads(out.stdout)
+    # frames came out often, and samples tore often: both paths ran
+    assert outcomes.get("frames", 0) > 50 and outcomes.get("torn", 0) > 50, outcomes
+    assert outcomes.get("kept", 0) > 10, outcomes
+    assert set(outcomes) <= {"ok", "relist", "torn", "frames", "kept"}, outcomes
