@@ -24,7 +24,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-#define PW_ABI 1
+#define PW_ABI 2
 
 #define MAX_DEPTH 4096
 #define MAX_THREADS 1024
@@ -40,7 +40,7 @@
 #define ARENA_MAX (256u << 20)
 #define IOV_BATCH 1024
 
-enum { PW_OK = 0, PW_RELIST = 1, PW_TORN = 2 };
+enum { PW_OK = 0, PW_RELIST = 1, PW_TORN = 2, PW_NEED_CODES = 3 };
 enum { KIND_UNKNOWN = 0, KIND_CODE = 1, KIND_NONE = 2 }; /* what Python said a code address holds */
 enum { FLAG_SUSPECT = 1, FLAG_DROPPED = 2 };
 
@@ -56,9 +56,10 @@ typedef struct { /* offsets in bytes; -1: this version has no such field */
 
 typedef struct { /* what Python reads after pw_decode */
     uint64_t n_threads;
-    uint64_t *threads; /* 6 per thread: tstate, thread id, native id, flags, frames, new frames */
-    uint64_t n_frames;
-    uint64_t *frames; /* 4 per new frame (frame, code, instr, owner), innermost first, threads in order */
+    uint64_t n_words;
+    uint64_t *words; /* 6 per thread (tstate, thread id, native id, flags, frames, new frames), then
+                        4 per new frame (frame, code, instr, owner), innermost first, threads in order */
+    uint64_t cap_words;
     uint64_t n_need;
     uint64_t *need; /* code objects Python has to decode (or re-decode) */
     uint8_t *need_heads; /* their headers as read, code_head bytes each */
@@ -169,6 +170,7 @@ typedef struct {
     raw_t *out;
     size_t n_out, cap_out;
     int done, suspect, broken, dropped;
+    size_t same; /* outer frames equal to the last sample's */
 } thread_t;
 
 typedef struct {
@@ -201,8 +203,8 @@ typedef struct {
     size_t n_codes_last, cap_codes_last;
     uint64_t *missing;
     size_t n_missing, cap_missing;
-    uint64_t *res_threads, *res_frames, *res_need;
-    size_t cap_res_threads, cap_res_frames, cap_res_need;
+    uint64_t *words, *res_need;
+    size_t cap_words, cap_res_need;
     uint8_t *res_heads;
     size_t cap_res_heads;
     int walked; /* pw_walk succeeded; pw_decode may run */
@@ -330,8 +332,7 @@ void pw_free(pw_t *w) {
     free(w->heap_last);
     free(w->codes_last);
     free(w->missing);
-    free(w->res_threads);
-    free(w->res_frames);
+    free(w->words);
     free(w->res_need);
     free(w->res_heads);
     free(w);
@@ -782,53 +783,49 @@ static int decode_thread(pw_t *w, thread_t *t) {
 int pw_decode(pw_t *w, int lenient) {
     if (!w->walked) return torn(w, "decode without a walk", 0);
     w->walked = 0;
-    size_t n_frames = 0;
-    if (w->cap_res_threads < 6 * w->n_threads + 6) {
-        free(w->res_threads);
-        w->cap_res_threads = 6 * w->n_threads + 6;
-        w->res_threads = malloc(w->cap_res_threads * sizeof *w->res_threads);
-        if (!w->res_threads) { w->cap_res_threads = 0; return -ENOMEM; }
-    }
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
-        int rc = decode_thread(w, t);
-        if (rc == PW_TORN) {
-            if (!lenient) return rc;
+        if (decode_thread(w, t) == PW_TORN) {
+            if (!lenient) return PW_TORN;
             t->dropped = 1;
             t->n_out = 0;
         }
     }
-    uint64_t *rt = w->res_threads;
+    size_t words = 6 * w->n_threads;
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
+        /* frames equal to the last sample's, outermost up, whose code Python did not just re-decode */
         size_t same = 0;
-        if (!t->dropped) {
-            /* frames equal to the last sample's, outermost up, whose code Python did not just re-decode */
-            while (same < t->n_out && same < t->n_prev) {
-                const raw_t *x = &t->out[t->n_out - 1 - same], *y = &t->prev[t->n_prev - 1 - same];
-                if (x->addr != y->addr || x->code != y->code || x->instr != y->instr || x->owner != y->owner) break;
-                const code_t *c = code_of(w, x->code);
-                if (!c || c->stamp == w->sample_no) break;
-                same++;
-            }
+        while (same < t->n_out && same < t->n_prev) {
+            const raw_t *x = &t->out[t->n_out - 1 - same], *y = &t->prev[t->n_prev - 1 - same];
+            if (x->addr != y->addr || x->code != y->code || x->instr != y->instr || x->owner != y->owner) break;
+            const code_t *c = code_of(w, x->code);
+            if (!c || c->stamp == w->sample_no) break;
+            same++;
         }
-        size_t fresh = t->n_out - same;
+        t->same = same;
+        words += 4 * (t->n_out - same);
+    }
+    if (words > w->cap_words) {
+        size_t cap = w->cap_words ? w->cap_words : 1024;
+        while (cap < words) cap *= 2;
+        uint64_t *p = realloc(w->words, cap * sizeof *p);
+        if (!p) return -ENOMEM;
+        w->words = p;
+        w->cap_words = cap;
+    }
+    uint64_t *rt = w->words, *rf = w->words + 6 * w->n_threads;
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        size_t fresh = t->n_out - t->same;
         rt[6 * i + 0] = t->tstate;
         rt[6 * i + 1] = t->tid;
         rt[6 * i + 2] = t->ntid;
         rt[6 * i + 3] = (t->suspect || t->dropped ? FLAG_SUSPECT : 0) | (t->dropped ? FLAG_DROPPED : 0);
         rt[6 * i + 4] = t->n_out;
         rt[6 * i + 5] = fresh;
-        if (n_frames + 4 * fresh > w->cap_res_frames) {
-            size_t cap = w->cap_res_frames ? w->cap_res_frames : 1024;
-            while (cap < n_frames + 4 * fresh) cap *= 2;
-            uint64_t *p = realloc(w->res_frames, cap * sizeof *p);
-            if (!p) return -ENOMEM;
-            w->res_frames = p;
-            w->cap_res_frames = cap;
-        }
-        memcpy(w->res_frames + n_frames, t->out, fresh * sizeof(raw_t));
-        n_frames += 4 * fresh;
+        memcpy(rf, t->out, fresh * sizeof(raw_t));
+        rf += 4 * fresh;
         /* remember this sample's frames for the next comparison */
         if (t->n_out > t->cap_prev) {
             raw_t *p = realloc(t->prev, t->n_out * sizeof *p);
@@ -842,8 +839,16 @@ int pw_decode(pw_t *w, int lenient) {
         else if (t->had_stack < 0) t->had_stack = 1;
     }
     w->res.n_threads = w->n_threads;
-    w->res.threads = rt;
-    w->res.n_frames = n_frames / 4;
-    w->res.frames = w->res_frames;
+    w->res.n_words = words;
+    w->res.words = w->words;
+    w->res.cap_words = w->cap_words;
     return PW_OK;
+}
+
+/* pw_walk, then pw_decode when no code object needs Python: one call per sample
+   in the steady state. Returns PW_NEED_CODES when Python must decode first. */
+int pw_sample(pw_t *w, int lenient) {
+    int rc = pw_walk(w, lenient);
+    if (rc != PW_OK) return rc;
+    return w->res.n_need ? PW_NEED_CODES : pw_decode(w, lenient);
 }

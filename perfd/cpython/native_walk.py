@@ -22,11 +22,11 @@ from pathlib import Path
 from perfd.cpython.layouts import Layout
 from perfd.errors import PerfdError
 
-ABI = 1  # must equal PW_ABI in _walk.c
+ABI = 2  # must equal PW_ABI in _walk.c
 SOURCE = Path(__file__).with_name("_walk.c")
 LIBRARY = Path(__file__).with_name("_walk.so")
 
-OK, RELIST, TORN = 0, 1, 2
+OK, RELIST, TORN, NEED_CODES = 0, 1, 2, 3
 SUSPECT, DROPPED = 1, 2
 
 _FIELDS = (
@@ -46,8 +46,8 @@ class _Layout(ctypes.Structure):
 
 class _Result(ctypes.Structure):
     _fields_ = [
-        ("n_threads", ctypes.c_uint64), ("threads", ctypes.c_void_p),
-        ("n_frames", ctypes.c_uint64), ("frames", ctypes.c_void_p),
+        ("n_threads", ctypes.c_uint64), ("n_words", ctypes.c_uint64),
+        ("words", ctypes.c_void_p), ("cap_words", ctypes.c_uint64),
         ("n_need", ctypes.c_uint64), ("need", ctypes.c_void_p), ("need_heads", ctypes.c_void_p),
         ("reads", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
     ]
@@ -96,6 +96,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.pw_walk.argtypes = [vp, i32]
     lib.pw_set_code.argtypes = [vp, u64, ctypes.c_char_p, i32, i32]
     lib.pw_decode.argtypes = [vp, i32]
+    lib.pw_sample.argtypes = [vp, i32]
     return lib, None
 
 
@@ -136,6 +137,8 @@ class NativeWalk:
             raise ValueError("the native walker refused this layout")
         self._res = lib.pw_result_of(self._h).contents
         self.head_len = layout.code_qualname
+        self._words: memoryview | None = None  # over the result words, rebuilt when C moves them
+        self._words_at = 0
 
     @classmethod
     def create(cls, pid: int, layout: Layout) -> "NativeWalk | None":
@@ -164,8 +167,14 @@ class NativeWalk:
         self._lib.pw_forget(self._h)
 
     def walk(self, lenient: bool) -> int:
-        """OK, RELIST, TORN, or -errno (target gone or unreadable)."""
+        """Read and walk: OK (then ``needed_codes``, ``set_code``, ``decode``), RELIST,
+        TORN, or -errno (target gone or unreadable)."""
         return self._lib.pw_walk(self._h, int(lenient))
+
+    def sample(self, lenient: bool) -> int:
+        """``walk`` and ``decode`` in one call: OK (decoded), NEED_CODES (then as after
+        ``walk``), RELIST, TORN or -errno."""
+        return self._lib.pw_sample(self._h, int(lenient))
 
     def needed_codes(self) -> list[tuple[int, bytes]]:
         """Code objects (address, header as read) Python must decode before ``decode``."""
@@ -186,17 +195,20 @@ class NativeWalk:
     def decode(self, lenient: bool) -> int:
         return self._lib.pw_decode(self._h, int(lenient))
 
-    def threads(self) -> list[int]:
-        """6 per thread: tstate, thread id, native id, flags, frames, new frames."""
+    def result(self) -> tuple[list[int], list[int]]:
+        """After a decode: 6 words per thread (tstate, thread id, native id, flags,
+        frames, new frames) and 4 per new frame (frame, code, instruction pointer, owner)."""
         r = self._res
+        if not r.n_words:
+            return [], []
+        view = self._words
+        if view is None or r.cap_words != len(view) or r.words != self._words_at:
+            buf = (ctypes.c_uint64 * r.cap_words).from_address(r.words)
+            view = self._words = memoryview(buf).cast("B").cast("Q")
+            self._words_at = r.words
+        words = view[:r.n_words].tolist()
         n = 6 * r.n_threads
-        return list((ctypes.c_uint64 * n).from_address(r.threads)) if n else []
-
-    def frames(self) -> list[int]:
-        """4 per new frame: frame, code, instruction pointer, owner."""
-        r = self._res
-        n = 4 * r.n_frames
-        return list((ctypes.c_uint64 * n).from_address(r.frames)) if n else []
+        return words[:n], words[n:]
 
     @property
     def message(self) -> str:

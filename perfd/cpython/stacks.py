@@ -444,7 +444,7 @@ class StackReader:
         if not self._tstates:
             self._tstates = self._read_thread_list()
             nw.set_threads(self._interp_addrs, self._tstates)
-        rc = nw.walk(lenient)
+        rc = nw.sample(lenient)
         if rc == native_walk.RELIST:
             if relisted:
                 raise TornRead("thread list keeps changing")
@@ -459,25 +459,24 @@ class StackReader:
                 nw.close()
                 return self._sample_once(relisted, lenient)
             raise read_error(self.interp.pid, -rc, self.interp.runtime_addr)
-        if rc == native_walk.TORN:
-            raise TornRead(nw.message)
         fresh: set[int] = set()
-        for addr, head in nw.needed_codes():
-            info = self._code(addr, head)
-            if info is not None:
-                nw.set_code(addr, head, 1, info.firsttraceable)
-            else:
-                none = self._v313 and self.objects.type_name(addr) == "NoneType"
-                nw.set_code(addr, head, 2 if none else 0, 0)
-            fresh.add(addr)
-        rc = nw.decode(lenient)
+        if rc == native_walk.NEED_CODES:
+            for addr, head in nw.needed_codes():
+                info = self._code(addr, head)
+                if info is not None:
+                    nw.set_code(addr, head, 1, info.firsttraceable)
+                else:
+                    none = self._v313 and self.objects.type_name(addr) == "NoneType"
+                    nw.set_code(addr, head, 2 if none else 0, 0)
+                fresh.add(addr)
+            rc = nw.decode(lenient)
         if rc == native_walk.TORN:
             raise TornRead(nw.message)
         if rc < 0:
             raise MemoryReadError(f"native walker: {errno.errorcode.get(-rc, -rc)}")
         if len(self._frame_cache) > _FRAME_CACHE_MAX:
             self._frame_cache = {}
-        info, raw = nw.threads(), nw.frames()
+        info, raw = nw.result()
         last, kept = self._native_frames, {}
         out: list[ThreadStack] = []
         pos = 0
