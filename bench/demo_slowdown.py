@@ -12,7 +12,9 @@ per frame) and the mean of every node's. Each window waits SETTLE_S after the at
 then runs long enough for those 60 calls to lie inside it; each P is
 compared with the mean of the B windows around it, and the slowdown is the
 mean of those paired ratios with its 95% confidence interval. "Within
-noise" means the interval holds 0.
+noise" means the interval holds 0. Also printed: perfd's own CPU in the P
+windows, % of one core per thread (the stack sampler, the call tracker, the
+rest), and which stack walker sampled.
 
     .venv/bin/python bench/demo_slowdown.py [--rates 250,1000] [--repeats 6] [--config stacks|all]
 """
@@ -20,8 +22,10 @@ noise" means the interval holds 0.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,18 +48,41 @@ def frame_times(demo: Demo) -> tuple[float, float]:
     return max(times), statistics.mean(times)
 
 
+def cpu_by_thread() -> dict[str, float]:
+    """CPU seconds (user+sys) of this process's Python threads, summed by thread name
+    (the OS does not know Python's names: threads are found by native id)."""
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except (OSError, TypeError):
+            continue  # ended meanwhile, or not started
+        out[t.name] = out.get(t.name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def window(demo: Demo, seconds: float, options: AttachOptions | None) -> dict:
     engine = None
     if options is not None:
         engine = Engine(Registry(), options)
         engine.attach(demo.pid)
     try:
-        time.sleep(SETTLE_S + seconds)
+        time.sleep(SETTLE_S)
+        cpu0, t0 = cpu_by_thread(), time.monotonic()
+        time.sleep(seconds)
+        cpu1, elapsed = cpu_by_thread(), time.monotonic() - t0
         root, nodes = frame_times(demo)
         out = {"work": 1.0 / root, "nodes_work": 1.0 / nodes}
         if engine is not None:
             status = engine.registry.perfd_status().model_dump()
             out["achieved"] = (status.get("sampler") or {}).get("achieved_hz") or 0.0
+            out["walker"] = (status.get("sampler") or {}).get("walker")
+            # % of one core per perfd thread (the sampler, the call tracker, the rest)
+            pct = {k: 100 * (v - cpu0.get(k, 0.0)) / elapsed for k, v in cpu1.items() if k.startswith("perfd-")}
+            out["sampler_cpu"] = pct.pop("perfd-sampler", 0.0)
+            out["tracker_cpu"] = pct.pop("perfd-calls", 0.0)
+            out["other_cpu"] = sum(pct.values())
     finally:
         if engine is not None:
             engine.detach("window over")
@@ -91,7 +118,8 @@ def main() -> int:
         print(f"demo {args.hz:g} Hz x {args.points:,} points, one viewer; perfd: {args.config}; "
               f"windows of {SETTLE_S + seconds:.1f} s, {args.repeats} pairs per rate\n")
         header = (f"{'rate':>6} | {'perfd Hz':>9} | {'frame slowdown % (95% CI)':>26} | "
-                  f"{'node-mean slowdown % (95% CI)':>30} | {'B frame ms (min-max)':>21}")
+                  f"{'node-mean slowdown % (95% CI)':>30} | {'B frame ms (min-max)':>21} | "
+                  f"{'CPU % sampler':>13} {'tracker':>7} {'other':>5}")
         print(header)
         print("-" * len(header))
         for rate in (float(r) for r in args.rates.split(",")):
@@ -102,7 +130,11 @@ def main() -> int:
             frames_ms = [1.0 / b["work"] for b in base]
             print(f"{rate:>6.0f} | {statistics.mean(r['achieved'] for r in rows):>9.1f} | "
                   f"{slowdown_of(rows, 'work'):>26} | {slowdown_of(rows, 'nodes_work'):>30} | "
-                  f"{min(frames_ms):>9.1f}-{max(frames_ms):<11.1f}")
+                  f"{min(frames_ms):>9.1f}-{max(frames_ms):<11.1f} | "
+                  f"{statistics.mean(r['sampler_cpu'] for r in rows):>13.1f} "
+                  f"{statistics.mean(r['tracker_cpu'] for r in rows):>7.1f} "
+                  f"{statistics.mean(r['other_cpu'] for r in rows):>5.1f}")
+        print(f"\nstack walker: {rows[-1]['walker']}")
     finally:
         demo.stop()
     return 0

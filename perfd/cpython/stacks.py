@@ -7,6 +7,10 @@ generators/coroutines, the ``_PyCFrame`` records (3.11/3.12) and the code
 object headers. Whatever the speculation missed is fetched in follow-up
 batches. Code objects are cached by address and re-validated every sample by
 comparing their header bytes (addresses get reused); values are never cached.
+
+The reads, walk and byte checks run in C (``native_walk``, same plan and the
+same checks) when that core is built; the Python walk here is the fallback
+where it is not, and the oracle its tests compare it with.
 """
 
 from __future__ import annotations
