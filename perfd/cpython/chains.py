@@ -15,6 +15,7 @@ children of a ``gather`` found at a chain's leaf.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ MAX_DEPTH = 256
 MAX_SLOTS = 512  # frames with more locals+stack than this are not followed (bounded reads)
 _COROUTINE_TYPES = ("coroutine", "generator", "async_generator")
 GATHER_TYPE = "._GatheringFuture"  # asyncio.tasks._GatheringFuture, by its type name
+_VERSIONS = itertools.count(1)  # chain versions, unique across chains: (root, version) names one walk
 
 
 class _Unreadable(Exception):
@@ -61,7 +63,8 @@ class Chain:
     # mid-change: the levels below are unknown (not absent), and the next check
     # walks on from the innermost level read instead of trusting it unchanged
     complete: bool = True
-    version: int = 0  # bumped on every walk: derived results keyed by it stay valid while it holds
+    version: int = 0  # new on every walk: derived results keyed by it stay valid while it holds
+    running: bool = False  # a level is running (on a thread's stack): set by each walk
 
     def slot(self, level: Level, index: int) -> int:
         """Pointer in ``localsplus[index]`` of ``level`` (0 if unset or out of range)."""
@@ -155,7 +158,7 @@ class AwaitChains:
     # -- walking ----------------------------------------------------------
     def _walk(self, chain: Chain, obj: int) -> None:
         chain.complete = True
-        chain.version += 1
+        chain.version = next(_VERSIONS)
         seen = {lv.gen for lv in chain.levels}
         while obj and obj not in seen and len(chain.levels) < MAX_DEPTH:
             seen.add(obj)
@@ -180,6 +183,7 @@ class AwaitChains:
             chain.leaf = obj
             chain.children = self._gather_children(obj) if obj else ()
             break
+        chain.running = any(lv.state == "running" for lv in chain.levels)
         self.rewalks += 1
 
     def _level(self, gen: int) -> Level | None:

@@ -231,7 +231,7 @@ class DagSource:
             return
         # a running level cuts the chain (what it runs is on the thread's stack); the
         # levels above it may read "suspended" when the look straddles a step boundary
-        running = {c.root for c in current.values() if any(lv.state == "running" for lv in c.levels)}
+        running = {c.root for c in current.values() if c.running}
         whole = all(c.complete for c in current.values())
         self.missed.add_look(Look(mono_ns, time.monotonic_ns(), whole and not running))
         observations = finder.calls(current)

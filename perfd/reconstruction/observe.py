@@ -52,6 +52,7 @@ class NodeCallFinder:
         self._strings: dict[int, str] = {}  # node-id str objects (immutable; owned by the registry)
         self._self_slot: dict[int, int | None] = {}  # code address -> index of a "self" local
         self._found: dict[int, tuple[Chain, int, list[CallObservation]]] = {}  # root -> calls at a chain version
+        self._last: tuple[tuple, list[CallObservation]] = ((), [])  # (every chain's version, calls) of the last look
 
     def is_entry(self, frame: Frame) -> bool:
         known = self._is_entry.get(frame.code_addr)
@@ -64,7 +65,13 @@ class NodeCallFinder:
     def calls(self, chains: dict[int, Chain]) -> list[CallObservation]:
         """Node calls in these chains, each with the node call awaiting it (its
         parent): the one above it in its chain, or — for a ``gather`` child's
-        own task — the innermost node call of the chain that gathered it."""
+        own task — the innermost node call of the chain that gathered it.
+
+        Most looks find no chain walked since the last one: the last answer
+        (a list its callers only read) is returned as it is."""
+        versions = tuple([(root, chain.version) for root, chain in chains.items()])
+        if versions == self._last[0]:
+            return self._last[1]
         per_chain: dict[int, list[CallObservation]] = {}
         known = self._found
         for root, chain in chains.items():
@@ -97,6 +104,7 @@ class NodeCallFinder:
         if len(self.levels) > len(out):
             current = {o.key for o in out}
             self.levels = {k: v for k, v in self.levels.items() if k in current}
+        self._last = (versions, out)
         return out
 
     def running_entry_gens(self, sample: Sample) -> set[int]:
