@@ -469,15 +469,16 @@ static int advance(pw_t *w, thread_t *t) {
     return 0;
 }
 
-static int thread_list_matches(pw_t *w, const int64_t *heads, const int64_t *tbufs) {
+/* Whether the thread states listed are still each interpreter's list, as read:
+   every list starts at its head and each state's next is the following one or 0. */
+static int thread_list_matches(pw_t *w, const int64_t *heads) {
     size_t i = 0;
     for (size_t h = 0; h < w->n_interps; h++) {
-        if (heads[h] < 0) return 0;
         uint64_t head = u64_at(w, heads[h], 0);
         if (!head) continue;
         if (i >= w->n_threads || w->threads[i].tstate != head) return 0;
         for (;;) {
-            uint64_t nxt = u64_at(w, tbufs[i], w->L.tstate_next);
+            uint64_t nxt = u64_at(w, w->threads[i].tbuf, w->L.tstate_next);
             i++;
             if (!nxt) break;
             if (i >= w->n_threads || w->threads[i].tstate != nxt) return 0;
@@ -527,20 +528,16 @@ int pw_walk(pw_t *w, int lenient) {
     if ((rc = read_parts(w, 0))) return rc;
 
     /* 2. the thread list is still the one Python read? (heads and next pointers of this same read) */
-    int64_t heads[64], *tbufs = malloc((w->n_threads ? w->n_threads : 1) * sizeof *tbufs);
-    if (!tbufs) return -ENOMEM;
+    int64_t heads[64];
     for (size_t i = 0; i < w->n_interps; i++) {
         heads[i] = w->parts[at_heads + i].off;
-        if (heads[i] < 0) { free(tbufs); return torn(w, "thread list head unreadable", 0); }
+        if (heads[i] < 0) return torn(w, "thread list head unreadable", 0);
     }
     for (size_t i = 0; i < w->n_threads; i++) {
-        tbufs[i] = w->parts[at_tstates + i].off;
-        if (tbufs[i] < 0) { free(tbufs); return torn(w, "thread state unreadable", 0); }
+        w->threads[i].tbuf = w->parts[at_tstates + i].off;
+        if (w->threads[i].tbuf < 0) return torn(w, "thread state unreadable", 0);
     }
-    int same = thread_list_matches(w, heads, tbufs);
-    for (size_t i = 0; i < w->n_threads; i++) w->threads[i].tbuf = tbufs[i];
-    free(tbufs);
-    if (!same) return PW_RELIST;
+    if (!thread_list_matches(w, heads)) return PW_RELIST;
 
     /* 3. regions read, each thread's current frame; what the speculation missed is read in one more call */
     size_t c = at_chunks, at_more = w->n_parts;
