@@ -236,3 +236,37 @@ def test_native_walker_on_random_memory(version: str) -> None:
     assert outcomes.get("frames", 0) > 100 and outcomes.get("torn", 0) > 100, outcomes
     assert outcomes.get("kept", 0) > 0, outcomes
     assert set(outcomes) <= {"ok", "relist", "torn", "frames", "kept"}, outcomes
+
+
+_UNDER_SANITIZERS = """
+import sys
+from pathlib import Path
+from perfd.cpython import native_walk
+native_walk.LIBRARY, native_walk.SOURCE = Path(sys.argv[1]), Path(sys.argv[2])
+native_walk._LIB, native_walk._WHY = native_walk._load()
+assert native_walk._LIB is not None, native_walk._WHY
+import test_stack_native as t
+for version in ("3.11", "3.12", "3.13"):
+    print(version, t.fuzz(version, 5, 600), flush=True)
+"""
+
+
+def test_native_walker_on_random_memory_under_sanitizers(tmp_path: Path) -> None:
+    # The same fuzz with the walker built with AddressSanitizer and UBSan, any
+    # finding fatal: an out-of-bounds read or write, a use after free or
+    # undefined behaviour fails the test even where it would not crash.
+    cc = native_walk.compiler()
+    asan, ubsan = (subprocess.run([cc, f"-print-file-name=lib{n}san.so"], capture_output=True, text=True,
+                                  check=True).stdout.strip() for n in ("a", "ub"))
+    if not (os.path.isabs(asan) and os.path.isabs(ubsan)):
+        pytest.fail(f"{cc} has no sanitizer runtimes ({asan}, {ubsan})")  # gcc ships them on Debian
+    lib = tmp_path / "_walk.so"
+    subprocess.run([cc, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                    "-fno-omit-frame-pointer", "-shared", "-fPIC", "-o", str(lib), str(native_walk.SOURCE)], check=True)
+    env = {**os.environ, "LD_PRELOAD": f"{asan} {ubsan}", "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+           "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    out = subprocess.run([sys.executable, "-c", _UNDER_SANITIZERS, str(lib), str(native_walk.SOURCE)],
+                         cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    assert "runtime error" not in out.stderr and "AddressSanitizer" not in out.stderr, out.stderr[-3000:]
+    assert out.stdout.count("frames") == 3, out.stdout

@@ -359,7 +359,7 @@ int pw_set_threads(pw_t *w, const uint64_t *interps, size_t n_interps, const uin
     for (size_t j = 0; j < w->n_threads; j++) thread_free(&w->threads[j]);
     free(w->threads);
     free(w->interps);
-    memcpy(is, interps, n_interps * sizeof *is);
+    if (n_interps) memcpy(is, interps, n_interps * sizeof *is);
     w->threads = ts;
     w->n_threads = n;
     w->interps = is;
@@ -821,7 +821,7 @@ int pw_decode(pw_t *w, int lenient) {
         rt[6 * i + 3] = (t->suspect || t->dropped ? FLAG_SUSPECT : 0) | (t->dropped ? FLAG_DROPPED : 0);
         rt[6 * i + 4] = t->n_out;
         rt[6 * i + 5] = fresh;
-        memcpy(rf, t->out, fresh * sizeof(raw_t));
+        if (fresh) memcpy(rf, t->out, fresh * sizeof(raw_t));
         rf += 4 * fresh;
         /* remember this sample's frames for the next comparison */
         if (t->n_out > t->cap_prev) {
@@ -830,7 +830,7 @@ int pw_decode(pw_t *w, int lenient) {
             t->prev = p;
             t->cap_prev = t->n_out;
         }
-        memcpy(t->prev, t->out, t->n_out * sizeof *t->out);
+        if (t->n_out) memcpy(t->prev, t->out, t->n_out * sizeof *t->out);
         t->n_prev = t->n_out;
         if (!(t->suspect || t->dropped)) t->had_stack = t->n_out > 0;
         else if (t->had_stack < 0) t->had_stack = 1;

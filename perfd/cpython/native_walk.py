@@ -63,11 +63,17 @@ class NativeStatus:
     reason: str | None  # why not, and what to do
 
 
-def build(out: Path = LIBRARY) -> Path:
-    """Compile ``_walk.c`` (needs a C compiler; no Python headers)."""
+def compiler() -> str:
+    """The C compiler to build with ($CC, else cc or gcc on PATH)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (apt-get install gcc libc6-dev)")
+    return cc
+
+
+def build(out: Path = LIBRARY) -> Path:
+    """Compile ``_walk.c`` (needs a C compiler; no Python headers)."""
+    cc = compiler()
     tmp = out.with_suffix(".so.tmp")
     subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)], check=True)
     os.replace(tmp, out)
