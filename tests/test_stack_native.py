@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from perfd.cpython.discovery import locate_interpreter
 from perfd.cpython.layouts import generated_layout
 from perfd.cpython.stacks import StackReader
 from perfd.sampling import Sampler
-from test_stack_splice import _stop
+from test_stack_splice import stopped_comparisons
 
 
 def _frames(reader: StackReader) -> dict[int, list[tuple]]:
@@ -45,18 +44,7 @@ def test_native_walk_equals_python_walk(spawn, version: str, script: str) -> Non
     native = StackReader(interp, walker="native")
     compared = frames = 0
     try:
-        for _ in range(80):
-            time.sleep(random.uniform(0.0005, 0.004))
-            _stop(target.pid)
-            try:
-                got = _frames(native)
-                python = StackReader(interp, walker="python")
-                try:
-                    want = _frames(python)
-                finally:
-                    python.close()
-            finally:
-                os.kill(target.pid, signal.SIGCONT)
+        for got, want in stopped_comparisons(target.pid, interp, native, 80, _frames):
             assert got == want
             compared += 1
             frames += sum(len(f) for f in want.values())

@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -41,6 +42,27 @@ def _stacks(reader: StackReader) -> dict[int, list[tuple]]:
             for t in reader.sample().threads}
 
 
+def stopped_comparisons(pid: int, interp, continuous: StackReader, rounds: int,
+                        read: Callable[[StackReader], object]) -> Iterator[tuple[object, object]]:
+    """At ``rounds`` random moments, stop the target and ``read`` its stacks with
+    the ``continuous`` reader (which remembers earlier samples) and with a fresh
+    Python reader (which remembers nothing: walks every frame); yields both
+    answers with the target running again."""
+    for _ in range(rounds):
+        time.sleep(random.uniform(0.0005, 0.004))
+        _stop(pid)
+        try:
+            got = read(continuous)
+            fresh = StackReader(interp, walker="python")
+            try:
+                want = read(fresh)
+            finally:
+                fresh.close()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        yield got, want
+
+
 @pytest.mark.parametrize("version", TARGET_VERSIONS)
 def test_spliced_stacks_equal_full_walks(spawn, version: str) -> None:
     target = spawn("stack_splice.py", version=version)
@@ -48,18 +70,7 @@ def test_spliced_stacks_equal_full_walks(spawn, version: str) -> None:
     continuous = StackReader(interp, walker="python")  # the native walker: test_stack_native.py
     compared = 0
     try:
-        for _ in range(150):
-            time.sleep(random.uniform(0.0005, 0.004))
-            _stop(target.pid)
-            try:
-                spliced = _stacks(continuous)
-                fresh = StackReader(interp, walker="python")  # no memory of earlier samples: walks every frame
-                try:
-                    full = _stacks(fresh)
-                finally:
-                    fresh.close()
-            finally:
-                os.kill(target.pid, signal.SIGCONT)
+        for spliced, full in stopped_comparisons(target.pid, interp, continuous, 150, _stacks):
             assert spliced == full
             compared += 1
     finally:
