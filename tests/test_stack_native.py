@@ -143,9 +143,10 @@ def fuzz(version: str, seed: int, rounds: int) -> dict[str, int]:
                 if one_call and rng.random() < 0.1:
                     assert nw.decode(lenient) == native_walk.TORN  # a decode without a walk is refused
                 else:
-                    info, raw = nw.result()
+                    info, raw, firsts = nw.result()
                     assert len(info) == 6 * n
                     assert sum(info[k + 5] for k in range(0, len(info), 6)) * 4 == len(raw)
+                    assert sum(info[k + 4] for k in range(0, len(info), 6)) == len(firsts)
                     assert all(info[k + 5] <= info[k + 4] for k in range(0, len(info), 6))
                     for what, seen in (("frames", raw), ("kept", any(info[k + 4] > info[k + 5]
                                                                         for k in range(0, len(info), 6)))):

@@ -156,7 +156,12 @@ def test_entry_probe_counts_the_points_of_the_owners_call(spawn, version):
     # where the points are kept, found as perfd finds it: a sample of the threads
     # sitting in their node methods, and the default profile's points local
     finder = NodeCallFinder(load_profile(), stacks)
+    assert all(t.first_locals is not None for t in sample.threads)  # self as the native walker read it
     assert finder.thread_nodes(sample.threads, frozenset(owners)) == {t: o for o, t in owners.items()}
+    python = StackReader(locate_interpreter(target.pid), walker="python")  # self read by the finder
+    assert NodeCallFinder(load_profile(), python).thread_nodes(python.sample().threads, frozenset(owners)) == \
+        {t: o for o, t in owners.items()}
+    python.close()
     assert sorted(finder.point_slots.values()) == [1]  # process(self, points); other(self, n) has none
     types = point_types(stacks)
     assert len(types) == 3  # numpy.ndarray, list, tuple

@@ -24,7 +24,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-#define PW_ABI 2
+#define PW_ABI 3
 
 #define MAX_DEPTH 4096
 #define MAX_THREADS 1024
@@ -51,14 +51,15 @@ typedef struct { /* offsets in bytes; -1: this version has no such field */
     int64_t chunk_previous, chunk_size, chunk_top, chunk_data;
     int64_t frame_code, frame_previous, frame_instr, frame_owner, frame_is_entry;
     int64_t owner_generator, owner_cstack, owner_frame_object;
-    int64_t interp_threads_head, code_head, code_code_adaptive;
+    int64_t interp_threads_head, code_head, code_code_adaptive, frame_localsplus;
 } pw_layout;
 
 typedef struct { /* what Python reads after pw_decode */
     uint64_t n_threads;
     uint64_t n_words;
     uint64_t *words; /* 6 per thread (tstate, thread id, native id, flags, frames, new frames), then
-                        4 per new frame (frame, code, instr, owner), innermost first, threads in order */
+                        4 per new frame (frame, code, instr, owner), innermost first, threads in order,
+                        then every frame's first local as read with it (a method's self), likewise */
     uint64_t cap_words;
     uint64_t n_need;
     uint64_t *need; /* code objects Python has to decode (or re-decode) */
@@ -169,6 +170,8 @@ typedef struct {
     size_t n_walk, cap_walk;
     raw_t *out;
     size_t n_out, cap_out;
+    uint64_t *first; /* localsplus[0] of each frame in out, this sample's (not compared) */
+    size_t cap_first;
     int done, suspect, broken, dropped;
     size_t same; /* outer frames equal to the last sample's */
 } thread_t;
@@ -302,6 +305,7 @@ pw_t *pw_new(int pid, const pw_layout *L) {
     for (size_t i = 0; i < 3; i++)
         if (ffields[i] < 0 || ffields[i] + 8 > FRAME_READ) return NULL;
     if (L->frame_owner < 0 || L->frame_owner >= FRAME_READ || L->frame_is_entry >= FRAME_READ) return NULL;
+    if (L->frame_localsplus < 0 || L->frame_localsplus + 8 > FRAME_READ) return NULL;
     if (L->chunk_data < 24 || L->chunk_data > 64 || L->chunk_previous + 8 > L->chunk_data ||
         L->chunk_top + 8 > L->chunk_data || L->chunk_size + 8 > L->chunk_data)
         return NULL;
@@ -314,7 +318,7 @@ pw_t *pw_new(int pid, const pw_layout *L) {
     return w;
 }
 
-static void thread_free(thread_t *t) { free(t->prev); free(t->walk); free(t->out); }
+static void thread_free(thread_t *t) { free(t->prev); free(t->walk); free(t->out); free(t->first); }
 
 void pw_free(pw_t *w) {
     if (!w) return;
@@ -735,7 +739,7 @@ static const code_t *code_of(const pw_t *w, uint64_t code) {
 }
 
 /* One thread's frames from its walk, with the checks that catch a chain read
-   mid-update. Returns PW_OK or PW_TORN (msg set). */
+   mid-update. Returns PW_OK, PW_TORN (msg set) or -ENOMEM. */
 static int decode_thread(pw_t *w, thread_t *t) {
     const pw_layout *L = &w->L;
     const uint8_t *a = w->arena.p;
@@ -761,6 +765,13 @@ static int decode_thread(pw_t *w, thread_t *t) {
         if (owner != L->owner_generator && offset < 2 * (int64_t)c->firsttraceable) continue; /* not started yet */
         if (offset > (1 << 24)) return torn(w, "instruction pointer outside its code (%#llx)", r.instr);
         VEC_PUSH(t->out, t->n_out, t->cap_out, r);
+        if (t->cap_first < t->cap_out) {
+            uint64_t *p = realloc(t->first, t->cap_out * sizeof *p);
+            if (!p) return -ENOMEM;
+            t->first = p;
+            t->cap_first = t->cap_out;
+        }
+        t->first[t->n_out - 1] = u64_at(w, off, L->frame_localsplus);
         last_owner = owner;
     }
     if (t->suspect) return PW_OK;
@@ -782,13 +793,15 @@ int pw_decode(pw_t *w, int lenient) {
     w->walked = 0;
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
-        if (decode_thread(w, t) == PW_TORN) {
+        int rc = decode_thread(w, t);
+        if (rc < 0) return rc; /* out of memory */
+        if (rc == PW_TORN) {
             if (!lenient) return PW_TORN;
             t->dropped = 1;
             t->n_out = 0;
         }
     }
-    size_t words = 6 * w->n_threads;
+    size_t frame_words = 0, firsts = 0;
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
         /* frames equal to the last sample's, outermost up, whose code Python did not just re-decode */
@@ -801,8 +814,10 @@ int pw_decode(pw_t *w, int lenient) {
             same++;
         }
         t->same = same;
-        words += 4 * (t->n_out - same);
+        frame_words += 4 * (t->n_out - same);
+        firsts += t->n_out;
     }
+    size_t words = 6 * w->n_threads + frame_words + firsts;
     if (words > w->cap_words) {
         size_t cap = w->cap_words ? w->cap_words : 1024;
         while (cap < words) cap *= 2;
@@ -811,7 +826,7 @@ int pw_decode(pw_t *w, int lenient) {
         w->words = p;
         w->cap_words = cap;
     }
-    uint64_t *rt = w->words, *rf = w->words + 6 * w->n_threads;
+    uint64_t *rt = w->words, *rf = w->words + 6 * w->n_threads, *rl = rf + frame_words;
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
         size_t fresh = t->n_out - t->same;
@@ -823,6 +838,8 @@ int pw_decode(pw_t *w, int lenient) {
         rt[6 * i + 5] = fresh;
         if (fresh) memcpy(rf, t->out, fresh * sizeof(raw_t));
         rf += 4 * fresh;
+        if (t->n_out) memcpy(rl, t->first, t->n_out * sizeof *rl);
+        rl += t->n_out;
         /* remember this sample's frames for the next comparison */
         if (t->n_out > t->cap_prev) {
             raw_t *p = realloc(t->prev, t->n_out * sizeof *p);

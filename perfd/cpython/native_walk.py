@@ -22,7 +22,7 @@ from pathlib import Path
 from perfd.cpython.layouts import Layout
 from perfd.errors import PerfdError
 
-ABI = 2  # must equal PW_ABI in _walk.c
+ABI = 3  # must equal PW_ABI in _walk.c
 SOURCE = Path(__file__).with_name("_walk.c")
 LIBRARY = Path(__file__).with_name("_walk.so")
 
@@ -36,7 +36,7 @@ _FIELDS = (
     "chunk_previous", "chunk_size", "chunk_top", "chunk_data",
     "frame_code", "frame_previous", "frame_instr", "frame_owner", "frame_is_entry",
     "owner_generator", "owner_cstack", "owner_frame_object",
-    "interp_threads_head", "code_head", "code_code_adaptive",
+    "interp_threads_head", "code_head", "code_code_adaptive", "frame_localsplus",
 )
 
 
@@ -128,7 +128,7 @@ def _c_layout(L: Layout) -> _Layout:
         "owner_generator": L.frame_owner_generator, "owner_cstack": get("frame.owner_cstack", -1),
         "owner_frame_object": L.frame_owner_frame_object,
         "interp_threads_head": L.interp_threads_head, "code_head": L.code_qualname,
-        "code_code_adaptive": L.code_code_adaptive,
+        "code_code_adaptive": L.code_code_adaptive, "frame_localsplus": L.frame_localsplus,
     }
     return _Layout(**values)
 
@@ -201,12 +201,13 @@ class NativeWalk:
     def decode(self, lenient: bool) -> int:
         return self._lib.pw_decode(self._h, int(lenient))
 
-    def result(self) -> tuple[list[int], list[int]]:
+    def result(self) -> tuple[list[int], list[int], list[int]]:
         """After a decode: 6 words per thread (tstate, thread id, native id, flags,
-        frames, new frames) and 4 per new frame (frame, code, instruction pointer, owner)."""
+        frames, new frames), 4 per new frame (frame, code, instruction pointer, owner)
+        and every frame's first local as read with it (threads in order, innermost first)."""
         r = self._res
         if not r.n_words:
-            return [], []
+            return [], [], []
         view = self._words
         if view is None or r.cap_words != len(view) or r.words != self._words_at:
             buf = (ctypes.c_uint64 * r.cap_words).from_address(r.words)
@@ -214,7 +215,8 @@ class NativeWalk:
             self._words_at = r.words
         words = view[:r.n_words].tolist()
         n = 6 * r.n_threads
-        return words[:n], words[n:]
+        f = n + 4 * sum(words[5:n:6])
+        return words[:n], words[n:f], words[f:]
 
     @property
     def message(self) -> str:

@@ -30,6 +30,9 @@ class ThreadStack:
     frames: list[Frame]  # innermost first
     name: str | None = None
     suspect: bool = False  # the walk saw signs of a torn read even after a retry
+    # localsplus[0] of each frame (a method's self), read with the frame this sample,
+    # innermost first; None when the walker did not keep it (the Python walker)
+    first_locals: list[int] | None = None
 
 
 @dataclass(slots=True)

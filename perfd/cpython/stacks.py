@@ -480,12 +480,13 @@ class StackReader:
             raise MemoryReadError(f"native walker: {errno.errorcode.get(-rc, -rc)}")
         if len(self._frame_cache) > _FRAME_CACHE_MAX:
             self._frame_cache = {}
-        info, raw = nw.result()
+        info, raw, firsts = nw.result()
         last, kept = self._native_frames, {}
         out: list[ThreadStack] = []
-        pos = 0
+        pos = at = 0
         for i in range(0, len(info), 6):
             tstate, tid, ntid, flags, n, new = info[i:i + 6]
+            first_locals, at = firsts[at:at + n], at + n
             if flags & native_walk.DROPPED:
                 self.torn_threads += 1
                 out.append(ThreadStack(tid, ntid, tstate, [], suspect=True))
@@ -504,7 +505,8 @@ class StackReader:
                     frames += prev[len(prev) - keep:]
                     self.spliced_frames += keep
             kept[tstate] = frames
-            out.append(ThreadStack(tid, ntid, tstate, frames, suspect=bool(flags & native_walk.SUSPECT)))
+            out.append(ThreadStack(tid, ntid, tstate, frames, suspect=bool(flags & native_walk.SUSPECT),
+                                   first_locals=first_locals))
         self._native_frames = kept
         self.reads_last = nw.reads + self.mem.reads - reads0
         return out

@@ -164,23 +164,32 @@ class NodeCallFinder:
 
     # -- worker threads -------------------------------------------------------
     def thread_nodes(self, threads: Iterable[ThreadStack], node_addrs: frozenset[int] | set[int]) -> dict[int, int]:
-        """native thread id -> node object address, for threads running a node's method."""
+        """native thread id -> node object address, for threads running a node's method.
+
+        ``self`` is a method's first local: the native walker read it with each
+        frame; for the Python walker's samples it is read now."""
         if not node_addrs:
             return {}
+        out: dict[int, int] = {}
         wanted: list[tuple[int, int, int]] = []  # (native tid, frame addr, slot)
         for t in threads:
+            firsts = t.first_locals
+            if firsts is not None and len(firsts) == len(t.frames):
+                ptr = next((p for f, p in zip(t.frames, firsts) if p in node_addrs and self._self_index(f) == 0), None)
+                if ptr is not None:
+                    out[t.native_thread_id] = ptr
+                continue
             for f in t.frames:
                 slot = self._self_index(f)
                 if slot is not None:
                     wanted.append((t.native_thread_id, f.frame_addr, slot))
         if not wanted:
-            return {}
+            return out
         off = self.stacks.layout.frame_localsplus
         try:
             bufs = self.stacks.mem.read_many([(fa + off + 8 * slot, 8) for _, fa, slot in wanted])
         except MemoryReadError:
-            return {}
-        out: dict[int, int] = {}
+            return out
         for (tid, _, _), buf in zip(wanted, bufs):
             if buf is not None and tid not in out:
                 ptr = _Q.unpack(buf)[0]
