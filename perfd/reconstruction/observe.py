@@ -51,7 +51,7 @@ class NodeCallFinder:
         self.levels: dict[tuple[int, int], Level] = {}  # call key -> the level it was read from
         self._strings: dict[int, str] = {}  # node-id str objects (immutable; owned by the registry)
         self._self_slot: dict[int, int | None] = {}  # code address -> index of a "self" local
-        self._found: dict[int, tuple[Chain, int, list[CallObservation]]] = {}  # root -> calls at a chain version
+        self._found: dict[int, tuple[int, list[CallObservation]]] = {}  # root -> (chain version, its calls)
         self._last: tuple[tuple, list[CallObservation]] = ((), [])  # (every chain's version, calls) of the last look
 
     def is_entry(self, frame: Frame) -> bool:
@@ -76,8 +76,8 @@ class NodeCallFinder:
         known = self._found
         for root, chain in chains.items():
             cached = known.get(root)
-            if cached is not None and cached[0] is chain and cached[1] == chain.version:
-                per_chain[root] = cached[2]  # not walked since: same levels, same calls
+            if cached is not None and cached[0] == chain.version:
+                per_chain[root] = cached[1]  # not walked since: same levels, same calls (versions are unique)
                 continue
             found = []
             for level in chain.levels:
@@ -86,7 +86,7 @@ class NodeCallFinder:
                     if obs is not None:
                         found.append(obs)
             per_chain[root] = found
-            known[root] = (chain, chain.version, found)
+            known[root] = (chain.version, found)
         if len(known) > len(chains):
             for gone in [r for r in known if r not in chains]:
                 del known[gone]
