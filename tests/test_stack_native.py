@@ -99,59 +99,90 @@ def test_without_the_library_perfd_walks_in_python_and_says_why(spawn) -> None:
 _WORLD = 1 << 16
 
 
+class _World:
+    """Random bytes in this very process (so every read is real and many pointers
+    land in mapped memory) and a thread list over them that is consistent often
+    enough to get the walk going."""
+
+    def __init__(self, rng: random.Random, layout) -> None:
+        self.rng, self.layout = rng, layout
+        self.buf = ctypes.create_string_buffer(_WORLD)
+        self.base = ctypes.addressof(self.buf)
+        self.interps: list[int] = []
+        self.tstates: list[int] = []
+
+    def touch(self) -> None:
+        """The same memory again with a few words changed: mostly the frames of the
+        last sample, which the walker keeps rather than reports again."""
+        rng, base = self.rng, self.base
+        for _ in range(rng.randrange(0, 3)):
+            ctypes.c_uint64.from_address(base + rng.randrange(0, _WORLD - 8) // 8 * 8).value = rng.choice(
+                (0, rng.randrange(0, 300), base + rng.randrange(0, _WORLD - 8) // 8 * 8))
+
+    def renew(self) -> None:
+        """New random memory and a new thread list (matching the memory, mostly)."""
+        rng, base, layout = self.rng, self.base, self.layout
+        ctypes.memmove(self.buf, _random_words(rng, base), _WORLD)
+        n = rng.randrange(0, 8)
+        self.tstates = [base + rng.randrange(0, _WORLD - layout.tstate_size) // 8 * 8 for _ in range(n)]
+        self.interps = [base + rng.randrange(0, _WORLD - layout.interp_threads_head - 8) // 8 * 8]
+        if rng.random() < 0.8 and self.tstates:  # a list that matches: heads and next pointers
+            ctypes.c_uint64.from_address(self.interps[0] + layout.interp_threads_head).value = self.tstates[0]
+            for a, b in zip(self.tstates, self.tstates[1:] + [0]):
+                ctypes.c_uint64.from_address(a + layout.tstate_next).value = b
+        if rng.random() < 0.6:
+            _plant_chains(rng, layout, base, self.tstates)
+
+
+def _answer_codes(rng: random.Random, nw: native_walk.NativeWalk, layout) -> None:
+    """Tell the walker, at random, what each code object it asks about is."""
+    for addr, head in nw.needed_codes():
+        assert len(head) == layout.code_qualname
+        nw.set_code(addr, head, rng.choice((0, 1, 1, 2)), rng.randrange(-5, 50))
+
+
+def _check_words(info: list[int], raw: list[int], firsts: list[int], n_threads: int,
+                 outcomes: dict[str, int]) -> None:
+    """The decoded words are laid out as promised; counts samples with frames and with kept frames."""
+    assert len(info) == 6 * n_threads
+    assert sum(info[k + 5] for k in range(0, len(info), 6)) * 4 == len(raw)
+    # first locals: none for a thread as last sample, the new frames' when the
+    # kept frames' are unchanged, else every frame's
+    sent = [0 if f & native_walk.SAME else new if f & native_walk.FIRSTS_KEPT else n_frames
+            for _, _, _, f, n_frames, new in zip(*[iter(info)] * 6)]
+    assert sum(sent) == len(firsts)
+    assert all(info[k + 5] <= info[k + 4] for k in range(0, len(info), 6))
+    for what, seen in (("frames", raw), ("kept", any(info[k + 4] > info[k + 5] for k in range(0, len(info), 6)))):
+        if seen:
+            outcomes[what] = outcomes.get(what, 0) + 1
+
+
 def fuzz(version: str, seed: int, rounds: int) -> dict[str, int]:
-    """Point the native walker at random bytes in this very process (so every read
-    is real and many pointers land in mapped memory), with a thread list that is
-    consistent often enough to get the walk going. Returns outcome counts."""
+    """Point the native walker at random memory (``_World``). Returns outcome counts."""
     rng = random.Random(seed)
     layout = generated_layout(version)
-    world = ctypes.create_string_buffer(_WORLD)
-    base = ctypes.addressof(world)
+    world = _World(rng, layout)
     nw = native_walk.NativeWalk.create(os.getpid(), layout)
     assert nw is not None
     outcomes: dict[str, int] = {}
-    n = 0
     for i in range(rounds):
         if i and rng.random() < 0.5:
-            # the same memory again with a few words changed: mostly the frames of
-            # the last sample, which the walker keeps rather than reports again
-            for _ in range(rng.randrange(0, 3)):
-                ctypes.c_uint64.from_address(base + rng.randrange(0, _WORLD - 8) // 8 * 8).value = rng.choice(
-                    (0, rng.randrange(0, 300), base + rng.randrange(0, _WORLD - 8) // 8 * 8))
+            world.touch()
         else:
-            ctypes.memmove(world, _random_words(rng, base), _WORLD)
-            n = rng.randrange(0, 8)
-            tstates = [base + rng.randrange(0, _WORLD - layout.tstate_size) // 8 * 8 for _ in range(n)]
-            interps = [base + rng.randrange(0, _WORLD - layout.interp_threads_head - 8) // 8 * 8]
-            if rng.random() < 0.8 and tstates:  # a list that matches: heads and next pointers
-                ctypes.c_uint64.from_address(interps[0] + layout.interp_threads_head).value = tstates[0]
-                for a, b in zip(tstates, tstates[1:] + [0]):
-                    ctypes.c_uint64.from_address(a + layout.tstate_next).value = b
-            if rng.random() < 0.6:
-                _plant_chains(rng, layout, base, tstates)
-            nw.set_threads(interps, tstates)
+            world.renew()
+            nw.set_threads(world.interps, world.tstates)
         for attempt in range(3):
             lenient = attempt == 2
             one_call = rng.random() < 0.5  # sample = walk + decode when no code needs Python
             rc = nw.sample(lenient) if one_call else nw.walk(lenient)
             if rc == native_walk.NEED_CODES or (rc == native_walk.OK and not one_call):
-                for addr, head in nw.needed_codes():
-                    assert len(head) == layout.code_qualname
-                    nw.set_code(addr, head, rng.choice((0, 1, 1, 2)), rng.randrange(-5, 50))
+                _answer_codes(rng, nw, layout)
                 rc = nw.decode(lenient)
             if rc == native_walk.OK:
                 if one_call and rng.random() < 0.1:
                     assert nw.decode(lenient) == native_walk.TORN  # a decode without a walk is refused
                 else:
-                    info, raw, firsts = nw.result()
-                    assert len(info) == 6 * n
-                    assert sum(info[k + 5] for k in range(0, len(info), 6)) * 4 == len(raw)
-                    assert sum(info[k + 4] for k in range(0, len(info), 6)) == len(firsts)
-                    assert all(info[k + 5] <= info[k + 4] for k in range(0, len(info), 6))
-                    for what, seen in (("frames", raw), ("kept", any(info[k + 4] > info[k + 5]
-                                                                        for k in range(0, len(info), 6)))):
-                        if seen:
-                            outcomes[what] = outcomes.get(what, 0) + 1
+                    _check_words(*nw.result(), len(world.tstates), outcomes)
             key = {native_walk.OK: "ok", native_walk.RELIST: "relist", native_walk.TORN: "torn"}.get(rc, f"errno{-rc}")
             outcomes[key] = outcomes.get(key, 0) + 1
             if rc == native_walk.TORN:
@@ -159,6 +190,54 @@ def fuzz(version: str, seed: int, rounds: int) -> dict[str, int]:
         if i % 7 == 0:
             nw.forget()
     nw.close()
+    return outcomes
+
+
+def fuzz_loop(version: str, seed: int, rounds: int) -> dict[str, int]:
+    """The paced loop (a C thread) over random memory changing under it, with a
+    small ring so it fills: Python finishes parked samples as the sampler does
+    (codes answered at random, new thread lists), resets it now and then, and
+    checks every sample's words. Returns outcome counts."""
+    rng = random.Random(seed)
+    layout = generated_layout(version)
+    world = _World(rng, layout)
+    world.renew()
+    nw = native_walk.NativeWalk.create(os.getpid(), layout)
+    assert nw is not None
+    nw.set_threads(world.interps, world.tstates)
+    listed = len(world.tstates)  # the walker's thread list (memory renewed since may not match it)
+    loop = nw.start_loop(100_000, 8, 3, 3, None)  # 10 kHz into 8 slots
+    outcomes: dict[str, int] = {}
+    gen = 0
+    try:
+        for i in range(rounds):
+            if rng.random() < 0.3:
+                world.renew()
+            else:
+                world.touch()
+            if rng.random() < 0.05:
+                gen = loop.reset()
+            time.sleep(rng.choice((0.0, 0.0002, 0.001)))
+            upto, taken = loop.take(0.002)
+            for k, ls in enumerate(taken):
+                assert ls.done_ns >= ls.mono_ns > 0 and 1 <= ls.attempts <= 3 and ls.gen <= gen
+                if ls.rc == native_walk.OK:
+                    _check_words(*native_walk.split_words(ls.words, ls.n_threads), ls.n_threads, outcomes)
+                    outcomes["loop_ok"] = outcomes.get("loop_ok", 0) + 1
+                    continue
+                assert k == len(taken) - 1  # the loop parks on a sample Python must finish
+                outcomes[f"parked_{ls.rc}"] = outcomes.get(f"parked_{ls.rc}", 0) + 1
+                if ls.rc == native_walk.NEED_CODES:
+                    _answer_codes(rng, nw, layout)
+                    if nw.decode(True) == native_walk.OK:
+                        _check_words(*nw.result(), listed, outcomes)
+                elif ls.rc == native_walk.RELIST:
+                    nw.set_threads(world.interps, world.tstates)
+                    listed = len(world.tstates)
+            loop.release(upto)
+        outcomes["skipped"] = loop.skipped
+    finally:
+        nw.close()  # stops the loop first
     return outcomes
 
 
@@ -227,6 +306,21 @@ def test_native_walker_on_random_memory(version: str) -> None:
     assert set(outcomes) <= {"ok", "relist", "torn", "frames", "kept"}, outcomes
 
 
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_native_loop_on_random_memory(version: str) -> None:
+    # the paced loop's thread, ring and hand-over to Python, over memory changing under it
+    code = f"import json, test_stack_native as t; print(json.dumps(t.fuzz_loop({version!r}, 13, 3000)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    outcomes = __import__("json").loads(out.stdout)
+    # samples with frames came through the ring, and the loop parked for codes and for thread lists
+    assert outcomes.get("loop_ok", 0) > 500 and outcomes.get("frames", 0) > 100, outcomes
+    assert outcomes.get(f"parked_{native_walk.NEED_CODES}", 0) > 50, outcomes
+    assert outcomes.get(f"parked_{native_walk.RELIST}", 0) > 50, outcomes
+    assert outcomes["skipped"] > 0, outcomes  # 10 kHz into 8 slots: it filled, and said so
+
+
 _UNDER_SANITIZERS = """
 import sys
 from pathlib import Path
@@ -237,6 +331,7 @@ assert native_walk._LIB is not None, native_walk._WHY
 import test_stack_native as t
 for version in ("3.11", "3.12", "3.13"):
     print(version, t.fuzz(version, 5, 600), flush=True)
+    print(version, t.fuzz_loop(version, 5, 1500), flush=True)
 """
 
 
@@ -258,4 +353,4 @@ def test_native_walker_on_random_memory_under_sanitizers(tmp_path: Path) -> None
                          cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
     assert "runtime error" not in out.stderr and "AddressSanitizer" not in out.stderr, out.stderr[-3000:]
-    assert out.stdout.count("frames") == 3, out.stdout
+    assert out.stdout.count("frames") == 6 and out.stdout.count("loop_ok") == 3, out.stdout

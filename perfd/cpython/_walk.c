@@ -17,14 +17,19 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
 
-#define PW_ABI 3
+#define PW_ABI 4
 
 #define MAX_DEPTH 4096
 #define MAX_THREADS 1024
@@ -42,7 +47,9 @@
 
 enum { PW_OK = 0, PW_RELIST = 1, PW_TORN = 2, PW_NEED_CODES = 3 };
 enum { KIND_UNKNOWN = 0, KIND_CODE = 1, KIND_NONE = 2 }; /* what Python said a code address holds */
-enum { FLAG_SUSPECT = 1, FLAG_DROPPED = 2 };
+/* SAME: frames and first locals as the thread's last sample (none sent); FIRSTS_KEPT: only
+   the new frames' first locals are sent, the kept frames' are as last sample */
+enum { FLAG_SUSPECT = 1, FLAG_DROPPED = 2, FLAG_SAME = 4, FLAG_FIRSTS_KEPT = 8 };
 
 typedef struct { /* offsets in bytes; -1: this version has no such field */
     int64_t tstate_size, tstate_next, tstate_thread_id, tstate_native_thread_id;
@@ -59,7 +66,9 @@ typedef struct { /* what Python reads after pw_decode */
     uint64_t n_words;
     uint64_t *words; /* 6 per thread (tstate, thread id, native id, flags, frames, new frames), then
                         4 per new frame (frame, code, instr, owner), innermost first, threads in order,
-                        then every frame's first local as read with it (a method's self), likewise */
+                        then the frames' first locals as read with them (a method's self), likewise:
+                        none for a thread flagged FLAG_SAME, only the new frames' under
+                        FLAG_FIRSTS_KEPT, else every frame's */
     uint64_t cap_words;
     uint64_t n_need;
     uint64_t *need; /* code objects Python has to decode (or re-decode) */
@@ -160,6 +169,9 @@ typedef struct {
     uint64_t plan_addr[MAX_PLAN], plan_len[MAX_PLAN];
     raw_t *prev;
     size_t n_prev, cap_prev;
+    uint64_t *prev_first; /* the first locals of the last sample's frames */
+    uint64_t prev_tid, prev_ntid; /* a thread state's memory may serve a new thread */
+    int prev_clean; /* the last sample of it was neither suspect nor dropped */
     int had_stack; /* -1 unknown */
     /* this sample */
     int64_t tbuf;
@@ -174,6 +186,9 @@ typedef struct {
     size_t cap_first;
     int done, suspect, broken, dropped;
     size_t same; /* outer frames equal to the last sample's */
+    int firsts_kept; /* the same frames' first locals are as last sample's too (FLAG_FIRSTS_KEPT) */
+    int same_all; /* and nothing else differs either (FLAG_SAME) */
+    size_t n_firsts; /* first locals sent: the new frames' (all when not kept, none when the same) */
 } thread_t;
 
 typedef struct {
@@ -318,7 +333,7 @@ pw_t *pw_new(int pid, const pw_layout *L) {
     return w;
 }
 
-static void thread_free(thread_t *t) { free(t->prev); free(t->walk); free(t->out); free(t->first); }
+static void thread_free(thread_t *t) { free(t->prev); free(t->prev_first); free(t->walk); free(t->out); free(t->first); }
 
 void pw_free(pw_t *w) {
     if (!w) return;
@@ -378,6 +393,7 @@ void pw_forget(pw_t *w) {
         t->n_plan = 0;
         t->cframe = 0;
         t->n_prev = 0;
+        t->prev_clean = 0; /* Python starts afresh too: no FLAG_SAME until a clean sample */
     }
     w->n_heap_last = 0;
     w->n_codes_last = 0;
@@ -814,8 +830,16 @@ int pw_decode(pw_t *w, int lenient) {
             same++;
         }
         t->same = same;
+        /* the kept frames' first locals as last sample too? (a frame that ran between samples
+           may be back at the same instruction with other locals) */
+        t->firsts_kept = t->prev_clean && !t->suspect && !t->dropped && t->tid == t->prev_tid &&
+                         t->ntid == t->prev_ntid &&
+                         (!same || !memcmp(t->first + (t->n_out - same), t->prev_first + (t->n_prev - same),
+                                           same * sizeof *t->first));
+        t->same_all = t->firsts_kept && same == t->n_out && t->n_prev == t->n_out;
+        t->n_firsts = t->same_all ? 0 : t->firsts_kept ? t->n_out - same : t->n_out;
         frame_words += 4 * (t->n_out - same);
-        firsts += t->n_out;
+        firsts += t->n_firsts;
     }
     size_t words = 6 * w->n_threads + frame_words + firsts;
     if (words > w->cap_words) {
@@ -833,22 +857,32 @@ int pw_decode(pw_t *w, int lenient) {
         rt[6 * i + 0] = t->tstate;
         rt[6 * i + 1] = t->tid;
         rt[6 * i + 2] = t->ntid;
-        rt[6 * i + 3] = (t->suspect || t->dropped ? FLAG_SUSPECT : 0) | (t->dropped ? FLAG_DROPPED : 0);
+        rt[6 * i + 3] = (t->suspect || t->dropped ? FLAG_SUSPECT : 0) | (t->dropped ? FLAG_DROPPED : 0) |
+                        (t->same_all ? FLAG_SAME : 0) | (t->firsts_kept ? FLAG_FIRSTS_KEPT : 0);
         rt[6 * i + 4] = t->n_out;
         rt[6 * i + 5] = fresh;
         if (fresh) memcpy(rf, t->out, fresh * sizeof(raw_t));
         rf += 4 * fresh;
-        if (t->n_out) memcpy(rl, t->first, t->n_out * sizeof *rl);
-        rl += t->n_out;
+        if (t->n_firsts) memcpy(rl, t->first, t->n_firsts * sizeof *rl);
+        rl += t->n_firsts;
         /* remember this sample's frames for the next comparison */
         if (t->n_out > t->cap_prev) {
             raw_t *p = realloc(t->prev, t->n_out * sizeof *p);
             if (!p) return -ENOMEM;
             t->prev = p;
+            uint64_t *q = realloc(t->prev_first, t->n_out * sizeof *q);
+            if (!q) return -ENOMEM;
+            t->prev_first = q;
             t->cap_prev = t->n_out;
         }
-        if (t->n_out) memcpy(t->prev, t->out, t->n_out * sizeof *t->out);
+        if (t->n_out) {
+            memcpy(t->prev, t->out, t->n_out * sizeof *t->out);
+            memcpy(t->prev_first, t->first, t->n_out * sizeof *t->first);
+        }
         t->n_prev = t->n_out;
+        t->prev_tid = t->tid;
+        t->prev_ntid = t->ntid;
+        t->prev_clean = !t->suspect && !t->dropped;
         if (!(t->suspect || t->dropped)) t->had_stack = t->n_out > 0;
         else if (t->had_stack < 0) t->had_stack = 1;
     }
@@ -865,4 +899,262 @@ int pw_sample(pw_t *w, int lenient) {
     int rc = pw_walk(w, lenient);
     if (rc != PW_OK) return rc;
     return w->res.n_need ? PW_NEED_CODES : pw_decode(w, lenient);
+}
+
+/* ---- the paced loop ------------------------------------------------------------
+ *
+ * Sampling at a fixed rate from a thread of its own, in C: it sleeps to each
+ * deadline, walks (retrying a torn walk after forgetting what it guessed, the
+ * last attempt lenient, as StackReader.sample does) and copies the decoded words
+ * into a ring slot. Python takes the slots in batches, so at 1 kHz the
+ * interpreter wakes a few dozen times a second instead of a thousand — a
+ * Python wakeup and its bookkeeping cost more than the sample itself.
+ *
+ * A sample that needs Python (a code object to decode, a new thread list, an
+ * error) parks the loop: the slot carries the walker's return code, Python
+ * finishes that sample with the walker (which the loop does not touch while
+ * parked) and resumes the loop. The ring never overwrites a slot Python has not
+ * released; when it is full the loop skips the sample and counts it.
+ */
+
+typedef struct {
+    int64_t mono_ns, epoch_ns; /* clocks when the sample began */
+    int64_t done_ns;           /* CLOCK_MONOTONIC when its reads were done */
+    int32_t rc;                /* PW_OK: words hold the decoded sample; else what Python must finish */
+    int32_t attempts;          /* walks taken (1 = no retry) */
+    uint64_t gen;              /* pw_loop_reset generation it was taken in */
+    uint64_t n_threads, n_words, reads;
+    uint64_t *words;
+    uint64_t cap_words;
+    char msg[200];
+} pw_slot;
+
+typedef struct { /* read by Python without the lock: each field is one aligned word */
+    int64_t tid;      /* the loop thread's kernel id */
+    int64_t cpu_ns;   /* its CPU time, after the last sample */
+    int64_t skipped;  /* samples not taken: the ring was full (Python behind) */
+    int64_t gen;      /* current generation */
+} pw_loop_pub;
+
+typedef struct {
+    pw_loop_pub pub;
+    pw_t *w;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t wake_py, wake_c;
+    int64_t period_ns;
+    int attempts, nice, set_nice;
+    uint64_t batch;
+    pw_slot *slots;
+    uint64_t n_slots, head, tail; /* head: next slot to fill; tail: next for Python */
+    uint64_t want_gen;
+    int parked, stop, started;
+} pw_loop;
+
+static int64_t clock_ns(clockid_t c) {
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int slot_store(pw_slot *s, const pw_t *w) {
+    if (w->res.n_words > s->cap_words) {
+        uint64_t *p = realloc(s->words, w->res.n_words * sizeof *p);
+        if (!p) return -ENOMEM;
+        s->words = p;
+        s->cap_words = w->res.n_words;
+    }
+    if (w->res.n_words) memcpy(s->words, w->res.words, w->res.n_words * sizeof *s->words);
+    s->n_threads = w->res.n_threads;
+    s->n_words = w->res.n_words;
+    return 0;
+}
+
+/* Sleep until deadline (CLOCK_MONOTONIC ns) in slices, so a stop is seen within 50 ms. */
+static void sleep_until(pw_loop *l, int64_t deadline) {
+    for (;;) {
+        if (__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) return;
+        int64_t now = clock_ns(CLOCK_MONOTONIC), wake = deadline;
+        if (now >= deadline) return;
+        if (wake - now > 50000000) wake = now + 50000000;
+        struct timespec ts = {wake / 1000000000, wake % 1000000000};
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    }
+}
+
+static void *loop_main(void *arg) {
+    pw_loop *l = arg;
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    if (l->set_nice) setpriority(PRIO_PROCESS, (id_t)tid, l->nice); /* not permitted: keep the default */
+    __atomic_store_n(&l->pub.tid, tid, __ATOMIC_RELEASE);
+    int64_t next = clock_ns(CLOCK_MONOTONIC);
+    for (;;) {
+        next += l->period_ns;
+        if (clock_ns(CLOCK_MONOTONIC) - next > 20 * l->period_ns)
+            next = clock_ns(CLOCK_MONOTONIC) + l->period_ns; /* far behind (descheduled): no burst */
+        sleep_until(l, next);
+        pthread_mutex_lock(&l->mu);
+        if (l->stop) { pthread_mutex_unlock(&l->mu); break; }
+        int full = l->head - l->tail >= l->n_slots;
+        if (l->want_gen != (uint64_t)l->pub.gen) {
+            pw_forget(l->w); /* Python lost step with the words: start the comparison afresh */
+            l->pub.gen = (int64_t)l->want_gen;
+        }
+        pw_slot *s = &l->slots[l->head % l->n_slots];
+        pthread_mutex_unlock(&l->mu);
+        if (full) {
+            __atomic_add_fetch(&l->pub.skipped, 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        s->mono_ns = clock_ns(CLOCK_MONOTONIC);
+        s->epoch_ns = clock_ns(CLOCK_REALTIME);
+        int rc = PW_TORN, a = 0;
+        if (!l->w->n_threads) { /* no thread yet (before Py_Initialize): only a fresh listing sees one */
+            rc = PW_RELIST;
+            a = l->attempts;
+        }
+        for (; a < l->attempts; a++) {
+            rc = pw_sample(l->w, a == l->attempts - 1);
+            if (rc != PW_TORN) break;
+            if (a < l->attempts - 1) pw_forget(l->w);
+        }
+        s->done_ns = clock_ns(CLOCK_MONOTONIC);
+        s->attempts = rc == PW_RELIST && !l->w->n_threads ? 1 : a < l->attempts ? a + 1 : l->attempts;
+        s->gen = (uint64_t)l->pub.gen;
+        s->reads = l->w->res.reads;
+        memcpy(s->msg, l->w->res.msg, sizeof s->msg);
+        s->n_threads = s->n_words = 0;
+        if (rc == PW_OK && slot_store(s, l->w) < 0) rc = -ENOMEM;
+        s->rc = rc;
+        __atomic_store_n(&l->pub.cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID), __ATOMIC_RELAXED);
+        pthread_mutex_lock(&l->mu);
+        l->head++;
+        if (rc != PW_OK) {
+            l->parked = 1; /* Python finishes this sample with the walker, then resumes us */
+            pthread_cond_signal(&l->wake_py);
+            while (l->parked && !l->stop) pthread_cond_wait(&l->wake_c, &l->mu);
+            next = clock_ns(CLOCK_MONOTONIC); /* what Python took is not made up for */
+        } else if (l->head - l->tail >= l->batch) {
+            pthread_cond_signal(&l->wake_py);
+        }
+        int stop = l->stop;
+        pthread_mutex_unlock(&l->mu);
+        if (stop) break;
+    }
+    return NULL;
+}
+
+/* Start sampling w every period_ns on a new thread. The walker belongs to the loop
+   until pw_loop_stop, except while it is parked. */
+pw_loop *pw_loop_start(pw_t *w, int64_t period_ns, uint64_t n_slots, uint64_t batch, int attempts,
+                       int set_nice, int nice) {
+    if (!w || period_ns <= 0 || n_slots < 2 || n_slots > 1 << 16 || attempts < 1 || attempts > 100) return NULL;
+    pw_loop *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->slots = calloc(n_slots, sizeof *l->slots);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    if (!l->slots || pthread_mutex_init(&l->mu, NULL) || pthread_cond_init(&l->wake_py, &ca) ||
+        pthread_cond_init(&l->wake_c, NULL)) {
+        pthread_condattr_destroy(&ca);
+        free(l->slots);
+        free(l);
+        return NULL;
+    }
+    pthread_condattr_destroy(&ca);
+    l->w = w;
+    l->period_ns = period_ns;
+    l->n_slots = n_slots;
+    l->batch = batch < 1 ? 1 : batch > n_slots / 2 ? n_slots / 2 : batch;
+    l->attempts = attempts;
+    l->set_nice = set_nice;
+    l->nice = nice;
+    if (pthread_create(&l->th, NULL, loop_main, l)) {
+        free(l->slots);
+        free(l);
+        return NULL;
+    }
+    l->started = 1;
+    while (!__atomic_load_n(&l->pub.tid, __ATOMIC_ACQUIRE)) usleep(100);
+    return l;
+}
+
+pw_loop_pub *pw_loop_pub_of(pw_loop *l) { return &l->pub; }
+
+/* Wait up to timeout_ns for a batch (or a parked sample, or a stop). Returns how many
+   slots are ready, the first at *first (a sequence number: pw_loop_slot takes it). */
+int64_t pw_loop_wait(pw_loop *l, int64_t timeout_ns, uint64_t *first) {
+    struct timespec ts;
+    int64_t deadline = clock_ns(CLOCK_MONOTONIC) + timeout_ns;
+    ts.tv_sec = deadline / 1000000000;
+    ts.tv_nsec = deadline % 1000000000;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop && !l->parked && l->head - l->tail < l->batch)
+        if (pthread_cond_timedwait(&l->wake_py, &l->mu, &ts) == ETIMEDOUT) break;
+    *first = l->tail;
+    int64_t n = (int64_t)(l->head - l->tail);
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+pw_slot *pw_loop_slot(pw_loop *l, uint64_t seq) { return &l->slots[seq % l->n_slots]; }
+
+#define SLOT_HEAD 9 /* mono, epoch, done, rc, attempts, gen, n_threads, n_words, reads */
+
+/* The n ready slots from seq, packed into buf (SLOT_HEAD words, then the slot's
+   words, for each): Python converts one buffer per batch, not one per sample.
+   Returns the words written, or -(words needed) when cap is too small. */
+int64_t pw_loop_copy(pw_loop *l, uint64_t seq, uint64_t n, uint64_t *buf, uint64_t cap) {
+    uint64_t need = 0;
+    for (uint64_t i = 0; i < n; i++) need += SLOT_HEAD + l->slots[(seq + i) % l->n_slots].n_words;
+    if (need > cap) return -(int64_t)need;
+    uint64_t *p = buf;
+    for (uint64_t i = 0; i < n; i++) {
+        const pw_slot *s = &l->slots[(seq + i) % l->n_slots];
+        uint64_t head[SLOT_HEAD] = {(uint64_t)s->mono_ns, (uint64_t)s->epoch_ns, (uint64_t)s->done_ns,
+                                    (uint64_t)(int64_t)s->rc, (uint64_t)s->attempts, s->gen,
+                                    s->n_threads, s->n_words, s->reads};
+        memcpy(p, head, sizeof head);
+        p += SLOT_HEAD;
+        if (s->n_words) memcpy(p, s->words, s->n_words * sizeof *p);
+        p += s->n_words;
+    }
+    return (int64_t)need;
+}
+
+/* Python is done with the slots up to seq (exclusive); a parked loop goes on. */
+void pw_loop_release(pw_loop *l, uint64_t seq) {
+    pthread_mutex_lock(&l->mu);
+    if (seq > l->tail && seq <= l->head) l->tail = seq;
+    if (l->parked && l->tail == l->head) {
+        l->parked = 0;
+        pthread_cond_signal(&l->wake_c);
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* From the next sample on, compare with nothing (Python dropped its frame records);
+   slots taken before carry the old generation. Returns the new generation. */
+int64_t pw_loop_reset(pw_loop *l) {
+    pthread_mutex_lock(&l->mu);
+    int64_t gen = (int64_t)++l->want_gen;
+    pthread_mutex_unlock(&l->mu);
+    return gen;
+}
+
+void pw_loop_stop(pw_loop *l) {
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    l->stop = 1;
+    pthread_cond_broadcast(&l->wake_c);
+    pthread_cond_broadcast(&l->wake_py);
+    pthread_mutex_unlock(&l->mu);
+    if (l->started) pthread_join(l->th, NULL);
+    for (uint64_t i = 0; i < l->n_slots; i++) free(l->slots[i].words);
+    free(l->slots);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->wake_py);
+    pthread_cond_destroy(&l->wake_c);
+    free(l);
 }

@@ -22,12 +22,15 @@ from pathlib import Path
 from perfd.cpython.layouts import Layout
 from perfd.errors import PerfdError
 
-ABI = 3  # must equal PW_ABI in _walk.c
+ABI = 4  # must equal PW_ABI in _walk.c
 SOURCE = Path(__file__).with_name("_walk.c")
 LIBRARY = Path(__file__).with_name("_walk.so")
 
 OK, RELIST, TORN, NEED_CODES = 0, 1, 2, 3
-SUSPECT, DROPPED = 1, 2
+# SAME: frames and first locals as the thread's last sample (none sent); FIRSTS_KEPT:
+# first locals sent for the new frames only, the kept frames' are as last sample
+SUSPECT, DROPPED, SAME, FIRSTS_KEPT = 1, 2, 4, 8
+_SLOT_HEAD = 9  # words before each sample's own in pw_loop_copy's buffer
 
 _FIELDS = (
     "tstate_size", "tstate_next", "tstate_thread_id", "tstate_native_thread_id",
@@ -51,6 +54,22 @@ class _Result(ctypes.Structure):
         ("n_need", ctypes.c_uint64), ("need", ctypes.c_void_p), ("need_heads", ctypes.c_void_p),
         ("reads", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
     ]
+
+
+class _Slot(ctypes.Structure):
+    """One sample the paced loop took (``pw_slot``)."""
+
+    _fields_ = [
+        ("mono_ns", ctypes.c_int64), ("epoch_ns", ctypes.c_int64), ("done_ns", ctypes.c_int64),
+        ("rc", ctypes.c_int32), ("attempts", ctypes.c_int32), ("gen", ctypes.c_uint64),
+        ("n_threads", ctypes.c_uint64), ("n_words", ctypes.c_uint64), ("reads", ctypes.c_uint64),
+        ("words", ctypes.c_void_p), ("cap_words", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
+    ]
+
+
+class _LoopPub(ctypes.Structure):
+    _fields_ = [("tid", ctypes.c_int64), ("cpu_ns", ctypes.c_int64), ("skipped", ctypes.c_int64),
+                ("gen", ctypes.c_int64)]
 
 
 class NativeWalkerUnavailable(PerfdError):
@@ -103,6 +122,15 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.pw_set_code.argtypes = [vp, u64, ctypes.c_char_p, i32, i32]
     lib.pw_decode.argtypes = [vp, i32]
     lib.pw_sample.argtypes = [vp, i32]
+    i64 = ctypes.c_int64
+    lib.pw_loop_start.argtypes, lib.pw_loop_start.restype = [vp, i64, u64, u64, i32, i32, i32], vp
+    lib.pw_loop_pub_of.argtypes, lib.pw_loop_pub_of.restype = [vp], ctypes.POINTER(_LoopPub)
+    lib.pw_loop_wait.argtypes, lib.pw_loop_wait.restype = [vp, i64, ctypes.POINTER(u64)], i64
+    lib.pw_loop_slot.argtypes, lib.pw_loop_slot.restype = [vp, u64], ctypes.POINTER(_Slot)
+    lib.pw_loop_copy.argtypes, lib.pw_loop_copy.restype = [vp, u64, u64, ctypes.POINTER(u64), u64], i64
+    lib.pw_loop_release.argtypes, lib.pw_loop_release.restype = [vp, u64], None
+    lib.pw_loop_reset.argtypes, lib.pw_loop_reset.restype = [vp], i64
+    lib.pw_loop_stop.argtypes, lib.pw_loop_stop.restype = [vp], None
     return lib, None
 
 
@@ -145,6 +173,7 @@ class NativeWalk:
         self.head_len = layout.code_qualname
         self._words: memoryview | None = None  # over the result words, rebuilt when C moves them
         self._words_at = 0
+        self.loop: NativeLoop | None = None
 
     @classmethod
     def create(cls, pid: int, layout: Layout) -> "NativeWalk | None":
@@ -156,9 +185,21 @@ class NativeWalk:
             return None
 
     def close(self) -> None:
+        self.stop_loop()
         if self._h:
             self._lib.pw_free(self._h)
             self._h = None
+
+    def start_loop(self, period_ns: int, slots: int, batch: int, attempts: int, nice: int | None) -> "NativeLoop":
+        """Sample on a C thread from now on (see ``NativeLoop``); one loop at a time."""
+        self.stop_loop()
+        self.loop = NativeLoop(self, period_ns, slots, batch, attempts, nice)
+        return self.loop
+
+    def stop_loop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+            self.loop = None
 
     def __del__(self) -> None:
         self.close()
@@ -213,10 +254,7 @@ class NativeWalk:
             buf = (ctypes.c_uint64 * r.cap_words).from_address(r.words)
             view = self._words = memoryview(buf).cast("B").cast("Q")
             self._words_at = r.words
-        words = view[:r.n_words].tolist()
-        n = 6 * r.n_threads
-        f = n + 4 * sum(words[5:n:6])
-        return words[:n], words[n:f], words[f:]
+        return split_words(view[:r.n_words].tolist(), r.n_threads)
 
     @property
     def message(self) -> str:
@@ -225,6 +263,106 @@ class NativeWalk:
     @property
     def reads(self) -> int:
         return self._res.reads
+
+
+def split_words(words: list[int], n_threads: int) -> tuple[list[int], list[int], list[int]]:
+    """A decoded sample's words as (per thread, per new frame, first locals): see ``result``."""
+    n = 6 * n_threads
+    f = n + 4 * sum(words[5:n:6])
+    return words[:n], words[n:f], words[f:]
+
+
+@dataclass(slots=True)
+class LoopSample:
+    """One sample the paced loop took, copied out of its slot."""
+
+    mono_ns: int
+    epoch_ns: int
+    done_ns: int  # CLOCK_MONOTONIC when its reads were done
+    rc: int  # OK: ``words`` is the decoded sample; else what Python must finish (the loop is parked)
+    attempts: int  # walks taken, 1 = no retry
+    gen: int
+    n_threads: int
+    words: list[int]
+    reads: int
+    message: str
+
+
+class NativeLoop:
+    """Samples a ``NativeWalk`` at a fixed rate on a C thread, into a ring that
+    Python takes in batches (see ``_walk.c``). While it runs the walker is the
+    loop's, except while it is parked on a sample that needs Python: the last
+    sample ``take`` returns then has ``rc != OK``, and the walker is Python's
+    until ``release``."""
+
+    def __init__(self, walk: NativeWalk, period_ns: int, slots: int, batch: int, attempts: int,
+                 nice: int | None) -> None:
+        self._lib = walk._lib  # noqa: SLF001 - the same library
+        self._walk = walk  # the walker outlives its loop
+        self._h = self._lib.pw_loop_start(walk._h, period_ns, slots, batch, attempts,  # noqa: SLF001
+                                          int(nice is not None), nice or 0)
+        if not self._h:
+            raise MemoryError("native sampling loop")
+        self._pub = self._lib.pw_loop_pub_of(self._h).contents
+        self._first = ctypes.c_uint64()
+        self._buf = (ctypes.c_uint64 * (1 << 14))()  # a batch's samples, packed (grown when short)
+        self._view = memoryview(self._buf).cast("B").cast("Q")
+
+    @property
+    def tid(self) -> int:
+        return self._pub.tid
+
+    @property
+    def cpu_s(self) -> float:
+        """The loop thread's CPU time, as of its last sample."""
+        return self._pub.cpu_ns / 1e9
+
+    @property
+    def skipped(self) -> int:
+        """Samples not taken because the ring was full (Python fell behind)."""
+        return self._pub.skipped
+
+    def take(self, timeout_s: float) -> tuple[int, list[LoopSample]]:
+        """Wait up to ``timeout_s`` for a batch; the samples ready, oldest first, and
+        the sequence number to ``release`` them with."""
+        lib, h = self._lib, self._h
+        n = lib.pw_loop_wait(h, int(timeout_s * 1e9), ctypes.byref(self._first))
+        first = self._first.value
+        if not n:
+            return first, []
+        got = lib.pw_loop_copy(h, first, n, self._buf, len(self._buf))
+        if got < 0:  # grow once to what this batch needs (and some)
+            self._buf = (ctypes.c_uint64 * (2 * -got))()
+            self._view = memoryview(self._buf).cast("B").cast("Q")
+            got = lib.pw_loop_copy(h, first, n, self._buf, len(self._buf))
+        words = self._view[:got].tolist()
+        out, at = [], 0
+        for seq in range(first, first + n):
+            mono, epoch, done, rc, attempts, gen, n_threads, n_words, reads = words[at:at + _SLOT_HEAD]
+            at += _SLOT_HEAD
+            if rc >= 1 << 63:
+                rc -= 1 << 64
+            message = lib.pw_loop_slot(h, seq).contents.msg.decode(errors="replace") if rc != OK else ""
+            out.append(LoopSample(mono, epoch, done, rc, attempts, gen, n_threads, words[at:at + n_words],
+                                  reads, message))
+            at += n_words
+        return first + n, out
+
+    def release(self, upto: int) -> None:
+        """Done with the samples before ``upto``; a parked loop goes on."""
+        self._lib.pw_loop_release(self._h, upto)
+
+    def reset(self) -> int:
+        """Compare the next sample with nothing; returns the generation samples taken from then on carry."""
+        return self._lib.pw_loop_reset(self._h)
+
+    def stop(self) -> None:
+        if self._h:
+            self._lib.pw_loop_stop(self._h)
+            self._h = None
+
+    def __del__(self) -> None:
+        self.stop()
 
 
 if __name__ == "__main__":

@@ -55,3 +55,6 @@ class Sample:
     tasks: list[TaskChain] | None = None
     generator_states: dict[int, str] = field(default_factory=dict)  # polled gen/coro address -> state
     retried: bool = False
+    # CLOCK_MONOTONIC when the stacks had been read: a look at the target spans
+    # [monotonic_ns, read_done_ns]; it may be handed on much later (in batches)
+    read_done_ns: int = 0

@@ -35,6 +35,7 @@ MAX_DEPTH = 4096
 # samples with a suspect thread, 5 leave 0.8-1.7% (bench/torn_reads.py); retries
 # cost only when a walk tore.
 ATTEMPTS = 5
+LOOP_RING_S = 0.5  # the paced loop's ring holds this much sampling before it skips samples
 MAX_THREADS = 1024
 _Q = struct.Struct("<Q")
 _q = struct.Struct("<q")
@@ -160,7 +161,7 @@ class StackReader:
         if walker == "native" and self._native is None:
             raise native_walk.NativeWalkerUnavailable(
                 native_walk.status().reason or "the native walker does not read this memory")
-        self._native_frames: dict[int, list[Frame]] = {}  # tstate -> frames of its last native sample
+        self._native_stacks: dict[int, ThreadStack] = {}  # tstate -> its last native sample
 
     @property
     def walker(self) -> str:
@@ -204,36 +205,105 @@ class StackReader:
         Raises ``MemoryReadError`` (incl. ``NoSuchProcess``) when the target is unreadable.
         """
         mono, epoch = time.monotonic_ns(), time.time_ns()
-        retried = False
-        for attempt in range(ATTEMPTS):
+        threads, retried = self._walk_attempts(0, None)
+        if with_locals:  # copies: frame records and unchanged stacks are shared between samples
+            threads = [replace(t, frames=[replace(f, locals=self.frame_locals(f)) for f in t.frames])
+                       for t in threads]
+        return Sample(mono, epoch, threads, retried=retried, read_done_ns=time.monotonic_ns())
+
+    def _walk_attempts(self, first: int, rc: int | None) -> tuple[list[ThreadStack], bool]:
+        """Walks from attempt ``first`` on; ``rc``: what the native walker already
+        returned for that attempt (the paced loop hands such a sample over)."""
+        retried = first > 0
+        for attempt in range(first, ATTEMPTS):
             last = attempt == ATTEMPTS - 1
             try:
-                threads = self._sample_once(lenient=last)
-                break
+                return self._sample_once(lenient=last, rc=rc), retried
             except TornRead as e:
+                rc = None
                 self.torn += 1
                 retried = True
                 self._forget_speculation()
                 if last:
                     raise MemoryReadError(f"stack changed during {ATTEMPTS} walks: {e}") from None
-        if with_locals:  # copies: frame records are shared between samples
-            for t in threads:
-                t.frames = [replace(f, locals=self.frame_locals(f)) for f in t.frames]
-        return Sample(mono, epoch, threads, retried=retried)
+        raise AssertionError("unreachable")
+
+    # -- the paced loop (native walker only) ------------------------------------
+    def start_loop(self, rate_hz: float, batch_s: float, nice: int | None) -> bool:
+        """Sample at ``rate_hz`` on a C thread from now on (``loop_samples`` takes the
+        samples); False when this reader walks in Python. ``sample()`` must not be
+        called while the loop runs."""
+        if self._native is None:
+            return False
+        period_ns = max(1, int(1e9 / rate_hz))
+        slots = min(8192, max(16, int(rate_hz * LOOP_RING_S)))
+        batch = max(1, int(rate_hz * batch_s))
+        self._native.start_loop(period_ns, slots, batch, ATTEMPTS, nice)
+        self._loop_gen = 0
+        return True
+
+    @property
+    def loop(self) -> native_walk.NativeLoop | None:
+        return self._native.loop if self._native is not None else None
+
+    def stop_loop(self) -> None:
+        if self._native is not None:
+            self._native.stop_loop()
+
+    def loop_samples(self, timeout_s: float) -> list[Sample | Exception]:
+        """The samples the loop took since the last call (waits up to ``timeout_s``
+        for a batch), oldest first; a sample that could not be finished is its error
+        (``MemoryReadError`` and its kin; anything else is a bug, returned all the same).
+        The loop stops when the walker falls back to Python (e.g. the kernel refused
+        process_vm_readv): ``loop`` is None then."""
+        loop = self.loop
+        if loop is None:
+            return []
+        upto, taken = loop.take(timeout_s)
+        out: list[Sample | Exception] = []
+        try:
+            for ls in taken:
+                try:
+                    out.append(self._sample_of(ls))
+                except Exception as e:  # noqa: BLE001 - handed on: one sample's failure, not the batch's
+                    out.append(MemoryReadError(f"torn: {e}") if isinstance(e, TornRead) else e)
+                    if ls.rc == native_walk.OK and self.loop is loop:
+                        self._reset_loop(loop)
+        finally:
+            if self.loop is loop:  # not stopped by a fall back to Python
+                loop.release(upto)
+        return out
+
+    def _sample_of(self, ls: native_walk.LoopSample) -> Sample:
+        if ls.gen != self._loop_gen:
+            raise TornRead("taken before the walker started afresh")
+        self.torn += ls.attempts - 1
+        if ls.rc != native_walk.OK:  # the loop is parked: the walker is ours until release
+            threads, retried = self._walk_attempts(ls.attempts - 1, ls.rc)
+            return Sample(ls.mono_ns, ls.epoch_ns, threads, retried=retried, read_done_ns=time.monotonic_ns())
+        info, raw, firsts = native_walk.split_words(ls.words, ls.n_threads)
+        threads = self._threads_of(info, raw, firsts, set())
+        self.reads_last = ls.reads
+        return Sample(ls.mono_ns, ls.epoch_ns, threads, retried=ls.attempts > 1, read_done_ns=ls.done_ns)
+
+    def _reset_loop(self, loop: native_walk.NativeLoop) -> None:
+        """Python's frame records and the loop's last sample disagree: both start afresh."""
+        self._native_stacks = {}
+        self._loop_gen = loop.reset()
 
     def _forget_speculation(self) -> None:
         if self._native is not None:
             self._native.forget()
-            self._native_frames = {}
+            self._native_stacks = {}
         self._tstates = []
         self._cframes.clear()
         self._chunks.clear()
         self._heap_frames = []
         self._memo = {}
 
-    def _sample_once(self, relisted: bool = False, lenient: bool = False) -> list[ThreadStack]:
+    def _sample_once(self, relisted: bool = False, lenient: bool = False, rc: int | None = None) -> list[ThreadStack]:
         if self._native is not None:
-            return self._sample_native(relisted, lenient)
+            return self._sample_native(relisted, lenient, rc)
         L = self.layout
         mem = self.mem
         reads0 = mem.reads
@@ -439,16 +509,18 @@ class StackReader:
         self.reads_last = mem.reads - reads0
         return out
 
-    def _sample_native(self, relisted: bool, lenient: bool) -> list[ThreadStack]:
+    def _sample_native(self, relisted: bool, lenient: bool, rc: int | None = None) -> list[ThreadStack]:
         """``_sample_once`` with the reads, walk and byte checks in C: Python only
         lists threads, decodes code objects C has not seen, and builds frame
-        records for frames that differ from the thread's last sample."""
+        records for frames that differ from the thread's last sample. ``rc``:
+        the walker's answer for this walk, when it already sampled."""
         nw = self._native
         reads0 = self.mem.reads
-        if not self._tstates:
-            self._tstates = self._read_thread_list()
-            nw.set_threads(self._interp_addrs, self._tstates)
-        rc = nw.sample(lenient)
+        if rc is None:
+            if not self._tstates:
+                self._tstates = self._read_thread_list()
+                nw.set_threads(self._interp_addrs, self._tstates)
+            rc = nw.sample(lenient)
         if rc == native_walk.RELIST:
             if relisted:
                 raise TornRead("thread list keeps changing")
@@ -460,7 +532,7 @@ class StackReader:
                 # unless /proc/PID/mem works, and then the Python walker reads through it
                 self.mem.read(self.interp.runtime_addr, 8)
                 self._native = None
-                nw.close()
+                nw.close()  # stops its loop, if any
                 return self._sample_once(relisted, lenient)
             raise read_error(self.interp.pid, -rc, self.interp.runtime_addr)
         fresh: set[int] = set()
@@ -478,37 +550,63 @@ class StackReader:
             raise TornRead(nw.message)
         if rc < 0:
             raise MemoryReadError(f"native walker: {errno.errorcode.get(-rc, -rc)}")
+        info, raw, firsts = nw.result()
+        out = self._threads_of(info, raw, firsts, fresh)
+        self.reads_last = nw.reads + self.mem.reads - reads0
+        return out
+
+    def _threads_of(self, info: list[int], raw: list[int], firsts: list[int], fresh: set[int]) -> list[ThreadStack]:
+        """Thread stacks from a decoded sample's words (``NativeWalk.result``): frames
+        equal to the thread's last sample are kept, the rest built (``fresh``: code
+        objects decoded again this sample, whose cached records are stale)."""
         if len(self._frame_cache) > _FRAME_CACHE_MAX:
             self._frame_cache = {}
-        info, raw, firsts = nw.result()
-        last, kept = self._native_frames, {}
+        last, kept = self._native_stacks, {}
         out: list[ThreadStack] = []
         pos = at = 0
         for i in range(0, len(info), 6):
             tstate, tid, ntid, flags, n, new = info[i:i + 6]
-            first_locals, at = firsts[at:at + n], at + n
+            prev = last.get(tstate)
+            if flags & native_walk.SAME:  # nothing differs: the last sample's stack object again
+                if prev is None or prev.suspect:
+                    if n:
+                        raise TornRead("native walker out of step with its frame records")
+                    prev = ThreadStack(tid, ntid, tstate, [], first_locals=[])
+                self.reused_threads += 1
+                kept[tstate] = prev
+                out.append(prev)
+                continue
             if flags & native_walk.DROPPED:
                 self.torn_threads += 1
                 out.append(ThreadStack(tid, ntid, tstate, [], suspect=True))
                 continue
-            prev = last.get(tstate)
+            prev_frames = prev.frames if prev is not None else None
             keep = n - new
-            if keep and (prev is None or len(prev) < keep):
+            if keep and (prev_frames is None or len(prev_frames) < keep):
                 raise TornRead("native walker out of step with its frame records")
-            if not new and prev is not None and len(prev) == n:
-                frames = prev
+            if flags & native_walk.FIRSTS_KEPT:
+                first_locals, at = firsts[at:at + new], at + new
+                if keep:
+                    kept_firsts = prev.first_locals if prev is not None else None
+                    if kept_firsts is None or len(kept_firsts) < keep:
+                        raise TornRead("native walker out of step with its first locals")
+                    first_locals += kept_firsts[len(kept_firsts) - keep:]
+            else:
+                first_locals, at = firsts[at:at + n], at + n
+            if not new and prev_frames is not None and len(prev_frames) == n:
+                frames = prev_frames
                 self.reused_threads += 1
             else:
                 frames = self._frames_of_raw(raw, pos, new, fresh)
                 pos += 4 * new
                 if keep:
-                    frames += prev[len(prev) - keep:]
+                    frames += prev_frames[len(prev_frames) - keep:]
                     self.spliced_frames += keep
-            kept[tstate] = frames
-            out.append(ThreadStack(tid, ntid, tstate, frames, suspect=bool(flags & native_walk.SUSPECT),
-                                   first_locals=first_locals))
-        self._native_frames = kept
-        self.reads_last = nw.reads + self.mem.reads - reads0
+            stack = ThreadStack(tid, ntid, tstate, frames, suspect=bool(flags & native_walk.SUSPECT),
+                                first_locals=first_locals)
+            kept[tstate] = stack
+            out.append(stack)
+        self._native_stacks = kept
         return out
 
     def _frames_of_raw(self, raw: list[int], pos: int, n: int, fresh: set[int]) -> list[Frame]:

@@ -1,13 +1,17 @@
-"""The continuous stack sampler: one thread, a fixed rate, never raises.
+"""The continuous stack sampler: a fixed rate, never raises.
 
-Why a thread and not a process: a sample is one multi-part
-``process_vm_readv`` (the GIL is released in the syscall) plus ~1 µs of
-Python per *changed* frame, so 1 kHz costs a fraction of one core; a separate
-process would have to serialise every sample back over IPC, which costs more
-than taking it. The loop keeps absolute deadlines (no drift), counts every
-failed or torn sample instead of raising, re-locates the interpreter after a
-run of failures (the target exec()ed), and accounts for its own CPU with
-``time.thread_time`` so ``perfd.sampler`` can report it (SPEC §7).
+Threads, not a process: a sample is one multi-part ``process_vm_readv`` plus
+a little Python per *changed* frame, so 1 kHz costs a fraction of one core; a
+separate process would have to serialise every sample back over IPC, which
+costs more than taking it. With the native walker the samples are taken on
+a C thread at the rate (``NativeLoop``) and this thread takes them in
+batches (``LOOP_BATCH_S``): waking Python and its bookkeeping for every
+sample cost more than the sample. Otherwise (the Python walker, or polled
+generators, which must be read at the sample's moment) this thread samples
+itself. Either way the deadlines are absolute (no drift), every failed, torn
+or skipped sample is counted instead of raised, the interpreter is
+re-located after a run of failures (the target exec()ed), and the CPU of
+every sampling thread is accounted so ``perfd.sampler`` can report it (SPEC §7).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from perfd.cpython import native_walk
@@ -33,6 +38,22 @@ log = logging.getLogger(__name__)
 WINDOW_S = 10.0
 RELOCATE_AFTER = 50  # consecutive failures before looking for the interpreter again
 NAMES_EVERY_S = 2.0
+# How long the C loop's samples may wait for Python: 20 ms is 20 samples a
+# wakeup at 1 kHz (5 at the default 250 Hz), and still prompt for consumers.
+LOOP_BATCH_S = 0.02
+
+
+@dataclass
+class _LoopState:
+    """What the sampling thread carries from one sample to the next."""
+
+    next_ns: int = 0  # the Python-paced step's next deadline
+    consecutive_failures: int = 0
+    names_due: float = 0.0
+    tasks_due: float = 0.0
+    tasks: object | None = None  # TaskReader, made on first use
+    gens: GeneratorReader | None = None
+    skipped_seen: int = 0  # the C loop's skipped count already accounted
 
 
 class Sampler:
@@ -67,6 +88,10 @@ class Sampler:
         self._cpu: deque[tuple[float, float]] = deque()  # (monotonic s, thread_time s)
         self._reader: StackReader | None = None
         self._relocate = False
+        # Sample on a C thread (the native walker's paced loop) and take the samples
+        # here in batches; False: this thread samples, one wakeup per sample.
+        self.paced_in_c = True
+        self._cpu_done = 0.0  # CPU seconds of C loops that have ended
 
     # -- control ------------------------------------------------------------
     def start(self) -> None:
@@ -95,7 +120,9 @@ class Sampler:
         with self._lock:
             self._trim(now)
             n = len(self._times)
-            span = (now - self._times[0]) / 1e9 if n > 1 else 0.0
+            # to the last sample while they arrive (batches come up to LOOP_BATCH_S late), to now if they stop
+            end = max(self._times[-1], now - int(2 * LOOP_BATCH_S * 1e9)) if n else now
+            span = (end - self._times[0]) / 1e9 if n > 1 else 0.0
             achieved = (n - 1) / span if span > 0 else 0.0
             cpu = 0.0
             if len(self._cpu) > 1:
@@ -113,69 +140,111 @@ class Sampler:
     # -- loop ---------------------------------------------------------------
     def _run(self) -> None:
         self._raise_priority()
-        period_ns = int(1e9 / self.rate_hz)
-        next_ns = time.monotonic_ns()
-        consecutive_failures = 0
-        names_due = 0.0
-        tasks_due = 0.0
-        tasks = None
-        gens: GeneratorReader | None = None
+        ctx = _LoopState()
         while not self._stop.is_set():
-            now = time.monotonic_ns()
-            while now < next_ns and not self._stop.is_set():
-                # clock_nanosleep is finer than Event.wait at 1 kHz; slices keep stop() prompt at low rates
-                time.sleep(min(next_ns - now, 50_000_000) / 1e9)
-                now = time.monotonic_ns()
-            if self._stop.is_set():
-                break
-            next_ns += period_ns
-            if time.monotonic_ns() - next_ns > 20 * period_ns:
-                next_ns = time.monotonic_ns() + period_ns  # far behind (we were descheduled): do not burst
-            try:
-                reader = self._reader or self._open()
-                sample = reader.sample()
-                if self._watched:
-                    gens = gens or GeneratorReader(reader.mem, reader.layout, reader.code_info)
-                    sample.generator_states = gens.states(list(self._watched))
-                mono = time.monotonic()
-                if mono >= names_due:
-                    names_due = mono + NAMES_EVERY_S
-                    self.thread_names = reader.thread_names()
-                if self.with_tasks_every_s and mono >= tasks_due:
-                    tasks_due = mono + self.with_tasks_every_s
-                    if tasks is None:
-                        from perfd.cpython.tasks import TaskReader
-                        tasks = TaskReader(reader)
-                    sample.tasks = tasks.tasks()
-                for t in sample.threads:
-                    t.name = self.thread_names.get(t.thread_id)
-            except NoSuchProcess as e:
-                self._failed(str(e))
-                consecutive_failures += 1
-                self._close()
-                gens = tasks = None
-                if self._stop.wait(0.1):  # the target is gone; the engine decides what happens next
-                    break
-                continue
-            except (PerfdError, Exception) as e:  # noqa: BLE001 - nothing read from a target may kill the loop
-                self._failed(f"{type(e).__name__}: {e}")
-                consecutive_failures += 1
-                if consecutive_failures >= RELOCATE_AFTER:
-                    consecutive_failures = 0
-                    self._close()
-                    gens = tasks = None
-                continue
-            consecutive_failures = 0
-            self._account(sample)
-            if self.on_sample is not None:
-                try:
-                    self.on_sample(sample)
-                except NoSuchProcess:  # the consumer read on as the target exited: the next sample counts it
-                    pass
-                except Exception:  # noqa: BLE001 - a consumer bug must not stop sampling
-                    self.callback_errors += 1
-                    log_failure(log, self.callback_errors, "sample consumer failed")
+            reader = self._reader
+            if reader is not None and self.paced_in_c and not self._watched and reader.start_loop(
+                    self.rate_hz, LOOP_BATCH_S, self.nice):
+                self._run_native(reader, ctx)
+            else:
+                self._python_step(ctx)
         self._close()
+
+    def _python_step(self, ctx: "_LoopState") -> None:
+        """Wait for the next deadline and take one sample in this thread (the Python
+        walker, polled generators, or the first sample after an attach)."""
+        period_ns = int(1e9 / self.rate_hz)
+        now = time.monotonic_ns()
+        ctx.next_ns = ctx.next_ns or now
+        while now < ctx.next_ns and not self._stop.is_set():
+            # clock_nanosleep is finer than Event.wait at 1 kHz; slices keep stop() prompt at low rates
+            time.sleep(min(ctx.next_ns - now, 50_000_000) / 1e9)
+            now = time.monotonic_ns()
+        if self._stop.is_set():
+            return
+        ctx.next_ns += period_ns
+        if time.monotonic_ns() - ctx.next_ns > 20 * period_ns:
+            ctx.next_ns = time.monotonic_ns() + period_ns  # far behind (we were descheduled): do not burst
+        try:
+            reader = self._reader or self._open()
+            sample = reader.sample()
+            if self._watched:
+                ctx.gens = ctx.gens or GeneratorReader(reader.mem, reader.layout, reader.code_info)
+                sample.generator_states = ctx.gens.states(list(self._watched))
+        except Exception as e:  # noqa: BLE001 - nothing read from a target may kill the loop
+            self._sample_failed(e, ctx)
+            return
+        self._deliver(sample, reader, ctx)
+
+    def _run_native(self, reader: StackReader, ctx: "_LoopState") -> None:
+        """Hand on what the C loop samples, a batch at a time, until stopped or the
+        reader has to go (the target exited, or its walker fell back to Python)."""
+        try:
+            while not self._stop.is_set() and reader is self._reader and reader.loop is not None:
+                for item in reader.loop_samples(LOOP_BATCH_S):
+                    if reader is not self._reader:
+                        break  # closed on a failure (the target exited): the rest were taken before
+                    if isinstance(item, Exception):
+                        self._sample_failed(item, ctx)
+                    else:
+                        self._deliver(item, reader, ctx)
+                loop = reader.loop
+                if loop is not None and loop.skipped > ctx.skipped_seen:
+                    for _ in range(loop.skipped - ctx.skipped_seen):
+                        self._failed("sample skipped: perfd fell behind taking the samples")
+                    ctx.skipped_seen = loop.skipped
+        finally:
+            self._stop_loop(reader)
+        ctx.next_ns = ctx.skipped_seen = 0
+
+    def _stop_loop(self, reader: StackReader) -> None:
+        loop = reader.loop
+        if loop is not None:
+            reader.stop_loop()
+            self._cpu_done += loop.cpu_s
+
+    def _sample_failed(self, e: Exception, ctx: "_LoopState") -> None:
+        if isinstance(e, NoSuchProcess):
+            self._failed(str(e))
+            ctx.consecutive_failures += 1
+            self._close()
+            ctx.gens = ctx.tasks = None
+            self._stop.wait(0.1)  # the target is gone; the engine decides what happens next
+            return
+        self._failed(f"{type(e).__name__}: {e}")
+        ctx.consecutive_failures += 1
+        if ctx.consecutive_failures >= RELOCATE_AFTER:
+            ctx.consecutive_failures = 0
+            self._close()
+            ctx.gens = ctx.tasks = None
+
+    def _deliver(self, sample: Sample, reader: StackReader, ctx: "_LoopState") -> None:
+        try:
+            mono = time.monotonic()
+            if mono >= ctx.names_due:
+                ctx.names_due = mono + NAMES_EVERY_S
+                self.thread_names = reader.thread_names()
+            if self.with_tasks_every_s and mono >= ctx.tasks_due:
+                ctx.tasks_due = mono + self.with_tasks_every_s
+                if ctx.tasks is None:
+                    from perfd.cpython.tasks import TaskReader
+                    ctx.tasks = TaskReader(reader)
+                sample.tasks = ctx.tasks.tasks()
+            for t in sample.threads:
+                t.name = self.thread_names.get(t.thread_id)
+        except Exception as e:  # noqa: BLE001 - nothing read from a target may kill the loop
+            self._sample_failed(e, ctx)
+            return
+        ctx.consecutive_failures = 0
+        self._account(sample)
+        if self.on_sample is not None:
+            try:
+                self.on_sample(sample)
+            except NoSuchProcess:  # the consumer read on as the target exited: the next sample counts it
+                pass
+            except Exception:  # noqa: BLE001 - a consumer bug must not stop sampling
+                self.callback_errors += 1
+                log_failure(log, self.callback_errors, "sample consumer failed")
 
     def _raise_priority(self) -> None:
         """Wake on time on a busy machine: a few notches of nice for this thread only.
@@ -201,6 +270,7 @@ class Sampler:
     def _close(self) -> None:
         self._relocate = True
         if self._reader is not None:
+            self._stop_loop(self._reader)
             self._reader.close()
             self._reader = None
 
@@ -210,7 +280,7 @@ class Sampler:
             self.samples_failed += 1
             self.last_error = why
             self._times.append(time.monotonic_ns())
-            self._cpu.append((time.monotonic(), time.thread_time()))
+            self._cpu.append((time.monotonic(), self._cpu_seconds()))
 
     def _account(self, sample: Sample) -> None:
         with self._lock:
@@ -223,8 +293,22 @@ class Sampler:
             self._times.append(sample.monotonic_ns)
             mono = time.monotonic()
             if not self._cpu or mono - self._cpu[-1][0] >= 0.1:
-                self._cpu.append((mono, time.thread_time()))
+                self._cpu.append((mono, self._cpu_seconds()))
             self._trim(time.monotonic_ns())
+
+    def _cpu_seconds(self) -> float:
+        """This thread's CPU and the C loops' (called on the sampling thread)."""
+        reader = self._reader
+        loop = reader.loop if reader is not None else None
+        return time.thread_time() + self._cpu_done + (loop.cpu_s if loop is not None else 0.0)
+
+    def native_ids(self) -> list[int]:
+        """Kernel thread ids doing the sampling: this Sampler's thread and, while it
+        runs, the C loop's (for benchmarks that read their CPU from /proc)."""
+        ids = [self._thread.native_id] if self._thread is not None and self._thread.native_id else []
+        reader = self._reader
+        loop = reader.loop if reader is not None else None
+        return ids + ([loop.tid] if loop is not None else [])
 
     def _trim(self, now_ns: int) -> None:
         cutoff = now_ns - int(WINDOW_S * 1e9)

@@ -1,0 +1,161 @@
+"""The sampler's paced loop in C (the native walker's default): what it hands
+on equals a fresh walk, it gives Python what only Python can do, loses no
+sample silently, accounts for its CPU and leaves no thread behind."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import time
+
+import pytest
+
+from conftest import TARGET_VERSIONS, wait_for
+from perfd.cpython.discovery import locate_interpreter
+from perfd.cpython.memory import ProcessMemory
+from perfd.cpython.sample import Sample
+from perfd.cpython.stacks import StackReader
+from perfd.sampling import Sampler
+from test_stack_splice import _stop
+
+
+def _frames(sample_threads) -> dict[int, list[tuple]]:
+    return {t.native_thread_id: [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr, f.owner)
+                                 for f in t.frames] for t in sample_threads}
+
+
+def _tasks() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_loop_samples_of_a_stopped_target_equal_a_fresh_walk(spawn, version: str) -> None:
+    """At random moments stop the target; the first sample the loop took after
+    every thread stopped must equal a fresh Python walk frame for frame, and
+    each frame's first local must be the word in the target's memory. Between
+    stops the loop runs on the moving target, keeping what did not change."""
+    target = spawn("reader_churn.py", version=version)
+    interp = locate_interpreter(target.pid)
+    reader = StackReader(interp)
+    mem = ProcessMemory(target.pid)
+    off = reader.layout.frame_localsplus
+    reader.sample()
+    assert reader.start_loop(500.0, 0.01, None)
+    compared = 0
+    try:
+        for _ in range(30):
+            end = time.monotonic() + random.uniform(0.005, 0.05)
+            while time.monotonic() < end:
+                assert all(isinstance(s, Sample) for s in reader.loop_samples(0.005))
+            _stop(target.pid)
+            try:
+                stopped = time.monotonic_ns()
+                after: Sample | None = None
+                while after is None:
+                    after = next((s for s in reader.loop_samples(0.01)
+                                  if isinstance(s, Sample) and s.monotonic_ns > stopped), None)
+                fresh = StackReader(interp, walker="python")
+                try:
+                    want = _frames(fresh.sample().threads)
+                finally:
+                    fresh.close()
+                assert _frames(after.threads) == want
+                for t in after.threads:
+                    assert t.first_locals is not None and len(t.first_locals) == len(t.frames)
+                    words = mem.read_many([(f.frame_addr + off, 8) for f in t.frames])
+                    assert t.first_locals == [struct.unpack("<Q", w)[0] for w in words]
+                compared += 1
+            finally:
+                os.kill(target.pid, signal.SIGCONT)
+    finally:
+        reader.close()
+        mem.close()
+    assert compared == 30
+    assert reader.reused_threads > 0 and reader.spliced_frames > 0  # the kept-frame paths ran
+
+
+def test_new_threads_and_code_are_handed_to_python(spawn) -> None:
+    """A target starting a thread with a never-seen function every 20 ms: the loop
+    parks on each new thread list and code object, Python finishes those samples,
+    and they arrive with the rest."""
+    target = spawn("thread_churn.py", version="3.12")
+    seen: set[str] = set()
+    counts: set[int] = set()
+
+    def on(sample: Sample) -> None:
+        counts.add(len(sample.threads))
+        seen.update(f.qualname for t in sample.threads for f in t.frames if f.qualname.startswith("fresh_"))
+
+    sampler = Sampler(locate_interpreter(target.pid), 500.0, on)
+    sampler.start()
+    try:
+        wait_for(lambda: len(sampler.native_ids()) == 2, timeout=5)  # sampling on the C loop
+        time.sleep(3.0)
+        status = sampler.status()
+    finally:
+        sampler.stop()
+    assert status.walker == "native"
+    assert len(seen) > 50 and len(counts) > 1
+    assert status.samples_total > 1000 and status.samples_failed <= 0.02 * status.samples_total
+
+
+def test_a_slow_consumer_loses_no_sample_silently(spawn) -> None:
+    """A consumer stalled for 1.5 s at 1 kHz: the ring (0.5 s) fills, the loop
+    skips samples and every one of them is counted as failed, then sampling
+    goes on."""
+    target = spawn("reader_stacks.py", version="3.12")
+    delivered: list[int] = []
+
+    def on(sample: Sample) -> None:
+        delivered.append(sample.monotonic_ns)
+        if len(delivered) == 100:
+            time.sleep(1.5)
+
+    sampler = Sampler(locate_interpreter(target.pid), 1000.0, on)
+    t0 = time.monotonic()
+    sampler.start()
+    try:
+        wait_for(lambda: len(delivered) > 2500, timeout=20)
+    finally:
+        sampler.stop()
+    elapsed = time.monotonic() - t0
+    assert sampler.samples_failed >= 500  # ~1 s of skipped samples
+    assert "skipped" in (sampler.last_error or "")
+    # every scheduled sample is accounted for: delivered or counted as failed
+    assert sampler.samples_total == len(delivered) + sampler.samples_failed
+    assert sampler.samples_total >= 0.8 * 1000 * (elapsed - 0.5)
+    gaps = [b - a for a, b in zip(delivered[100:], delivered[101:])]
+    assert max(gaps) > 0.9e9  # the stall shows as a gap in the samples, not as samples at the wrong time
+
+
+def test_the_loop_thread_is_accounted_and_gone_after_stop_or_exit(spawn) -> None:
+    target = spawn("reader_stacks.py", version="3.13")
+    before = _tasks()
+    sampler = Sampler(locate_interpreter(target.pid), 1000.0)
+    sampler.start()
+    wait_for(lambda: len(sampler.native_ids()) == 2, timeout=5)
+    ids = sampler.native_ids()
+    assert set(ids) <= _tasks()
+
+    def cpu() -> float:
+        total = 0
+        for tid in ids:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    c0, t0 = cpu(), time.monotonic()
+    time.sleep(3.0)
+    used = 100 * (cpu() - c0) / (time.monotonic() - t0)
+    reported = sampler.status().cpu_percent
+    # the reported CPU is both threads' (the C loop's alone is most of it)
+    assert 0.5 * used <= reported <= 2 * used, (reported, used)
+    target.stop()  # the target exits: the loop ends with its reader, sampling goes on trying
+    wait_for(lambda: sampler.samples_failed > 0, timeout=5)
+    wait_for(lambda: ids[1] not in _tasks(), timeout=5)
+    assert sampler.running
+    sampler.stop()
+    assert _tasks() <= before | {ids[0]} and ids[0] not in _tasks()
