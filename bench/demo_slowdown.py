@@ -49,16 +49,19 @@ def frame_times(demo: Demo) -> tuple[float, float]:
 
 
 def cpu_by_thread() -> dict[str, float]:
-    """CPU seconds (user+sys) of this process's Python threads, summed by thread name
-    (the OS does not know Python's names: threads are found by native id)."""
+    """CPU seconds (user+sys) of this process's threads, summed by thread name: Python's
+    names by native id (the OS does not know them), else the OS name (perfd's C
+    sampling loop calls itself perfd-sampler, so it counts with the sampler)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[str, float] = {}
-    for t in threading.enumerate():
+    for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+            with open(f"/proc/self/task/{tid}/stat") as f:
                 fields = f.read().rpartition(")")[2].split()
-        except (OSError, TypeError):
-            continue  # ended meanwhile, or not started
-        out[t.name] = out.get(t.name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            name = names.get(int(tid)) or open(f"/proc/self/task/{tid}/comm").read().strip()
+        except OSError:
+            continue  # ended meanwhile
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 

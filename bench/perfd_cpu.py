@@ -32,6 +32,16 @@ def thread_cpu() -> dict[int, float]:
     return out
 
 
+def os_thread_name(tid: int) -> str:
+    """A thread Python did not start (perfd's C sampling loop names itself): its OS name."""
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            name = f.read().strip()
+    except OSError:
+        return "other"
+    return name if name.startswith("perfd-") else "other"
+
+
 def measure(options: AttachOptions, seconds: float, hz: float, points: int) -> tuple[dict[str, float], dict]:
     demo = Demo(DemoSpec(app_port=free_port(), hz=hz, points=points, clients=1)).start()
     engine = Engine(Registry(), options)
@@ -45,7 +55,7 @@ def measure(options: AttachOptions, seconds: float, hz: float, points: int) -> t
         names = {t.native_id: t.name for t in threading.enumerate()}
         per: dict[str, float] = {}
         for tid, cpu in after.items():
-            name = names.get(tid, "other")
+            name = names.get(tid) or os_thread_name(tid)
             per[name] = per.get(name, 0.0) + 100 * (cpu - before.get(tid, cpu)) / elapsed
         extras = engine.registry.perfd_status().model_dump()
         return per, extras

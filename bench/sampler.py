@@ -2,10 +2,13 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, windows alternate B A B P B Y B T B R B C B S B A … — the
-target's own work rate with nothing attached (B), with perfd's Sampler in
-this process (P: its default walker, native when built), with the same Sampler
-walking in Python (Y: what the native core saves, measured beside it), with a thread that only wakes at that rate (T: the floor
+CPython. For each rate, windows alternate B A B P B N B Y B T B R B C B S B A …
+— the target's own work rate with nothing attached (B), with perfd's Sampler
+in this process (P: its default walker, native when built, sampling on its C
+thread and handing the samples to Python in batches), with the same Sampler
+waking its Python thread for every sample (N: what the C loop saves), with
+the same Sampler walking in Python (Y: what the native core saves), with a
+thread that only wakes at that rate (T: the floor
 for any sampler that sleeps between samples), with one that wakes and
 repeats a steady-state sample's ``process_vm_readv`` calls, decoding nothing
 (R: what no decoder could remove; the parts the Python walker reads, which
@@ -98,11 +101,14 @@ class BenchTarget:
 
 
 def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler | None = None, *,
-               walker: str = "auto") -> dict:
-    sampler = sampler or Sampler(locate_interpreter(target.proc.pid), rate, walker=walker)
+               walker: str = "auto", paced_in_c: bool = True) -> dict:
+    if sampler is None:
+        sampler = Sampler(locate_interpreter(target.proc.pid), rate, walker=walker)
+        sampler.paced_in_c = paced_in_c
     sampler.start()
     time.sleep(0.3)  # warm caches
     start_total, start_failed = sampler.samples_total, sampler.samples_failed
+    ids = sampler.native_ids()
     c0 = _thread_cpu(sampler)
     t0 = time.monotonic()
     work = target.work_rate(window)
@@ -110,8 +116,10 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
     c1 = _thread_cpu(sampler)
     total, failed = sampler.samples_total - start_total, sampler.samples_failed - start_failed
     used = sampler.status().walker
+    assert sampler.native_ids() == ids, "a sampling thread ended mid-window: its CPU would be lost"
     sampler.stop()
     assert walker in ("auto", used), (walker, used)
+    assert len(ids) == (2 if sampler.paced_in_c and used == "native" else 1), ids
     return {"work": work, "walker": used, "achieved": total / elapsed, "cpu": 100 * (c1 - c0) / elapsed,
             "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1)}
 
@@ -188,11 +196,14 @@ def with_reads_only(target: BenchTarget, rate: float, window: float) -> dict:
 
 
 def _thread_cpu(thread: Sampler | threading.Thread) -> float:
-    """CPU seconds (user+sys) of a sampler's or a control's thread, from /proc (works from any thread)."""
-    tid = (thread._thread if isinstance(thread, Sampler) else thread).native_id  # noqa: SLF001 - the bench's own
-    with open(f"/proc/self/task/{tid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user+sys) of a sampler's threads (its own and its C loop's) or a
+    control's thread, from /proc (works from any thread)."""
+    total = 0
+    for tid in thread.native_ids() if isinstance(thread, Sampler) else [thread.native_id]:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def with_pyspy(target: BenchTarget, rate: float, window: float) -> dict | None:
@@ -339,15 +350,17 @@ def main() -> int:
             print(f"  a sample's reads as {name}: {n_parts} parts, {n_bytes:,} bytes, {us:.1f} µs flat out")
         print()
         header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
-                  f"{'µs/smp':>7} {'perfd, Python walker':>21} | {'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
+                  f"{'µs/smp':>7} {'a wakeup per sample':>21} | {'µs/smp':>7} {'perfd, Python walker':>21} | {'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
                   f"{'A/A (nothing attached)':>22} {'noise SD %':>10} | {'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, pywalk, control, timer, reads, spy, idle = [target.work_rate(args.window)], [], [], [], [], [], [], []
+            base, perfd, pypaced, pywalk, control, timer, reads, spy, idle = ([target.work_rate(args.window)], [], [],
+                                                                             [], [], [], [], [], [])
             for _ in range(args.repeats):
                 paired(target, args.window, base, {"work": target.work_rate(args.window)}, idle)
                 paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
+                paired(target, args.window, base, with_perfd(target, rate, args.window, paced_in_c=False), pypaced)
                 paired(target, args.window, base, with_perfd(target, rate, args.window, walker="python"), pywalk)
                 paired(target, args.window, base, with_cpu_only(target, rate, args.window, 0.0), timer)
                 paired(target, args.window, base, with_reads_only(target, rate, args.window), reads)
@@ -361,6 +374,7 @@ def main() -> int:
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
             print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
                   f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | "
+                  f"{statistics.mean(r['us_per_sample'] for r in pypaced):>7.0f} {slowdown(pypaced):>21} | "
                   f"{statistics.mean(r['us_per_sample'] for r in pywalk):>7.0f} {slowdown(pywalk):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in reads):>7.0f} {slowdown(reads):>21} | {slowdown(control):>21} | "

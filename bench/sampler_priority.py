@@ -33,6 +33,7 @@ class PolicySampler(Sampler):
     def __init__(self, *args, policy: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.policy = policy
+        self.paced_in_c = False  # the policy is this Python thread's: it must be the one sampling
 
     def _raise_priority(self) -> None:
         os.sched_setscheduler(0, self.policy, os.sched_param(0))

@@ -985,6 +985,7 @@ static void sleep_until(pw_loop *l, int64_t deadline) {
 static void *loop_main(void *arg) {
     pw_loop *l = arg;
     pid_t tid = (pid_t)syscall(SYS_gettid);
+    pthread_setname_np(pthread_self(), "perfd-sampler"); /* the name ps, top and perfd's benches show */
     if (l->set_nice) setpriority(PRIO_PROCESS, (id_t)tid, l->nice); /* not permitted: keep the default */
     __atomic_store_n(&l->pub.tid, tid, __ATOMIC_RELEASE);
     int64_t next = clock_ns(CLOCK_MONOTONIC);

@@ -142,13 +142,23 @@ class Sampler:
         self._raise_priority()
         ctx = _LoopState()
         while not self._stop.is_set():
-            reader = self._reader
-            if reader is not None and self.paced_in_c and not self._watched and reader.start_loop(
-                    self.rate_hz, LOOP_BATCH_S, self.nice):
-                self._run_native(reader, ctx)
+            if self._start_loop():
+                self._run_native(self._reader, ctx)
             else:
                 self._python_step(ctx)
         self._close()
+
+    def _start_loop(self) -> bool:
+        """Sample on the C loop from now on, if this reader can (the native walker)."""
+        reader = self._reader
+        if reader is None or not self.paced_in_c or self._watched:
+            return False
+        try:
+            return reader.start_loop(self.rate_hz, LOOP_BATCH_S, self.nice)
+        except MemoryError as e:  # no thread or memory for it: sample from this thread instead
+            self.paced_in_c = False
+            log.warning("sampling from Python: cannot start the C sampling loop (%s)", e)
+            return False
 
     def _python_step(self, ctx: "_LoopState") -> None:
         """Wait for the next deadline and take one sample in this thread (the Python
@@ -179,6 +189,7 @@ class Sampler:
     def _run_native(self, reader: StackReader, ctx: "_LoopState") -> None:
         """Hand on what the C loop samples, a batch at a time, until stopped or the
         reader has to go (the target exited, or its walker fell back to Python)."""
+        self._raise_priority(0)
         try:
             while not self._stop.is_set() and reader is self._reader and reader.loop is not None:
                 for item in reader.loop_samples(LOOP_BATCH_S):
@@ -195,6 +206,7 @@ class Sampler:
                     ctx.skipped_seen = loop.skipped
         finally:
             self._stop_loop(reader)
+            self._raise_priority()
         ctx.next_ns = ctx.skipped_seen = 0
 
     def _stop_loop(self, reader: StackReader) -> None:
@@ -246,16 +258,19 @@ class Sampler:
                 self.callback_errors += 1
                 log_failure(log, self.callback_errors, "sample consumer failed")
 
-    def _raise_priority(self) -> None:
-        """Wake on time on a busy machine: a few notches of nice for this thread only.
+    def _raise_priority(self, nice: int | None = None) -> None:
+        """Wake on time on a busy machine: a few notches of nice (``self.nice``) for the
+        thread that takes the samples only — this one, or the C loop's, which gets it
+        from ``start_loop`` while this one, only handing samples on, goes back to 0.
 
-        The thread sleeps between samples and uses a small, bounded share of one
+        That thread sleeps between samples and uses a small, bounded share of one
         core, so a better priority buys timing accuracy without starving anyone.
         """
+        nice = self.nice if nice is None else nice
         if self.nice is None:
             return
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         except OSError:
             pass  # not permitted (no CAP_SYS_NICE): keep the default priority
 
