@@ -115,12 +115,13 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
     elapsed = time.monotonic() - t0
     c1 = _thread_cpu(sampler)
     total, failed = sampler.samples_total - start_total, sampler.samples_failed - start_failed
-    used = sampler.status().walker
+    status = sampler.status()  # its achieved rate is from the samples' own times (they come in batches)
+    used = status.walker
     assert sampler.native_ids() == ids, "a sampling thread ended mid-window: its CPU would be lost"
     sampler.stop()
     assert walker in ("auto", used), (walker, used)
     assert len(ids) == (2 if sampler.paced_in_c and used == "native" else 1), ids
-    return {"work": work, "walker": used, "achieved": total / elapsed, "cpu": 100 * (c1 - c0) / elapsed,
+    return {"work": work, "walker": used, "achieved": status.achieved_hz, "cpu": 100 * (c1 - c0) / elapsed,
             "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1)}
 
 
