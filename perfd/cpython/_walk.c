@@ -1033,8 +1033,8 @@ static void *loop_main(void *arg) {
         if (rc != PW_OK) {
             l->parked = 1; /* Python finishes this sample with the walker, then resumes us */
             pthread_cond_signal(&l->wake_py);
+            /* deadlines stay absolute: a short wait is caught up, a long one (see above) is not */
             while (l->parked && !l->stop) pthread_cond_wait(&l->wake_c, &l->mu);
-            next = clock_ns(CLOCK_MONOTONIC); /* what Python took is not made up for */
         } else if (l->head - l->tail >= l->batch) {
             pthread_cond_signal(&l->wake_py);
         }

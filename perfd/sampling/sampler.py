@@ -29,7 +29,7 @@ from perfd.cpython.discovery import Interpreter, locate_interpreter
 from perfd.cpython.generators import GeneratorReader
 from perfd.cpython.sample import Sample
 from perfd.cpython.stacks import StackReader
-from perfd.errors import NoSuchProcess, PerfdError
+from perfd.errors import NoSuchProcess
 from perfd.failures import log_failure
 from perfd.snapshot import SamplerStatus
 
