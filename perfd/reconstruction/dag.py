@@ -122,7 +122,10 @@ class DagSource:
         self.registry = registry
         self.profile = profile
         self.ops_by_node = ops_by_node
-        self.sampler = Sampler(interpreter, rate_hz, self._on_sample)
+        # every sample as it is taken: the call tracker's looks take the node-entry coroutines
+        # running on a thread from the latest sample (a call's synchronous start), so a
+        # sample waiting in a batch would start such calls late
+        self.sampler = Sampler(interpreter, rate_hz, self._on_sample, deliver_within_s=0.0)
         self._near_ns = int(NEAR_PERIODS * 1e9 / rate_hz)  # a worker's samples this close to an op tell its node
         self.tracker = CallTracker()
         self.missed = MissedCalls()  # calls the tracker missed, placed from their Open3D ops

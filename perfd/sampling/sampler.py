@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 WINDOW_S = 10.0
 RELOCATE_AFTER = 50  # consecutive failures before looking for the interpreter again
 NAMES_EVERY_S = 2.0
-# How long the C loop's samples may wait for Python: 20 ms is 20 samples a
-# wakeup at 1 kHz (5 at the default 250 Hz), and still prompt for consumers.
+# How long the C loop's samples may wait for Python by default: 20 ms is 20
+# samples a wakeup at 1 kHz (5 at the default 250 Hz). A consumer that must
+# see each sample as it is taken asks for 0 (``deliver_within_s``).
 LOOP_BATCH_S = 0.02
 
 
@@ -60,11 +61,13 @@ class Sampler:
     """Samples ``interpreter`` at ``rate_hz`` and hands each ``Sample`` to ``on_sample``.
 
     ``on_sample`` runs on the sampler thread: keep it short (enqueue, aggregate).
+    Samples come in order with the times they were taken, up to
+    ``deliver_within_s`` after (the C loop's batches; 0: each as it is taken).
     """
 
     def __init__(self, interpreter: Interpreter, rate_hz: float = 250.0,
                  on_sample: Callable[[Sample], None] | None = None, *, with_tasks_every_s: float | None = None,
-                 nice: int | None = -5, walker: str = "auto") -> None:
+                 nice: int | None = -5, walker: str = "auto", deliver_within_s: float = LOOP_BATCH_S) -> None:
         if not 0 < rate_hz <= 10_000:
             raise ValueError(f"rate_hz must be in (0, 10000], got {rate_hz}")
         self.interpreter = interpreter
@@ -73,6 +76,8 @@ class Sampler:
         self.with_tasks_every_s = with_tasks_every_s
         self.nice = nice
         self.walker = walker  # StackReader's: "auto", "native" or "python"
+        # how long a sample taken on the C loop may wait to be handed on (0: at once)
+        self.deliver_within_s = deliver_within_s
         self.samples_total = 0
         self.samples_failed = 0
         self.samples_retried = 0
@@ -154,7 +159,7 @@ class Sampler:
         if reader is None or not self.paced_in_c or self._watched:
             return False
         try:
-            return reader.start_loop(self.rate_hz, LOOP_BATCH_S, self.nice)
+            return reader.start_loop(self.rate_hz, self.deliver_within_s, self.nice)
         except MemoryError as e:  # no thread or memory for it: sample from this thread instead
             self.paced_in_c = False
             log.warning("sampling from Python: cannot start the C sampling loop (%s)", e)
