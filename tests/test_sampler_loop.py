@@ -18,12 +18,13 @@ from perfd.cpython.memory import ProcessMemory
 from perfd.cpython.sample import Sample
 from perfd.cpython.stacks import StackReader
 from perfd.sampling import Sampler
+from test_stack_native import oracle_agrees
 from test_stack_splice import _stop
 
 
-def _frames(sample_threads) -> dict[int, list[tuple]]:
-    return {t.native_thread_id: [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr, f.owner)
-                                 for f in t.frames] for t in sample_threads}
+def _frames(sample_threads) -> dict[int, tuple[bool, list[tuple]]]:
+    return {t.native_thread_id: (t.suspect, [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr,
+                                              f.owner) for f in t.frames]) for t in sample_threads}
 
 
 def _tasks() -> set[int]:
@@ -43,7 +44,7 @@ def test_loop_samples_of_a_stopped_target_equal_a_fresh_walk(spawn, version: str
     off = reader.layout.frame_localsplus
     reader.sample()
     assert reader.start_loop(500.0, 0.01, None)
-    compared = 0
+    compared = gave_up = 0
     try:
         for _ in range(30):
             end = time.monotonic() + random.uniform(0.005, 0.05)
@@ -61,8 +62,10 @@ def test_loop_samples_of_a_stopped_target_equal_a_fresh_walk(spawn, version: str
                     want = _frames(fresh.sample().threads)
                 finally:
                     fresh.close()
-                assert _frames(after.threads) == want
+                gave_up += oracle_agrees(_frames(after.threads), want)
                 for t in after.threads:
+                    if t.suspect:
+                        continue  # stopped mid-update (no walk can pass the checks): dropped, no locals
                     assert t.first_locals is not None and len(t.first_locals) == len(t.frames)
                     words = mem.read_many([(f.frame_addr + off, 8) for f in t.frames])
                     assert t.first_locals == [struct.unpack("<Q", w)[0] for w in words]
@@ -72,7 +75,7 @@ def test_loop_samples_of_a_stopped_target_equal_a_fresh_walk(spawn, version: str
     finally:
         reader.close()
         mem.close()
-    assert compared == 30
+    assert compared == 30 and gave_up <= 3
     assert reader.reused_threads > 0 and reader.spliced_frames > 0  # the kept-frame paths ran
 
 

@@ -30,10 +30,21 @@ from perfd.sampling import Sampler
 from test_stack_splice import stopped_comparisons
 
 
-def _frames(reader: StackReader) -> dict[int, list[tuple]]:
-    return {t.native_thread_id: [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr, f.owner)
-                                 for f in t.frames]
+def _frames(reader: StackReader) -> dict[int, tuple[bool, list[tuple]]]:
+    return {t.native_thread_id: (t.suspect, [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr,
+                                              f.owner) for f in t.frames])
             for t in reader.sample().threads}
+
+
+def oracle_agrees(got: dict, want: dict) -> bool:
+    """Whether the native walker's threads equal the Python oracle's, frame for frame,
+    leaving out threads the oracle gave up on (suspect: it dropped them). Returns
+    whether it gave up on any: a target stopped mid-update fails every walk of that
+    thread, and the Python walker then sometimes drops more threads than that one."""
+    gave_up = {k for k, (suspect, _) in want.items() if suspect}
+    assert ({k: f for k, (_, f) in got.items() if k not in gave_up}
+            == {k: f for k, (_, f) in want.items() if k not in gave_up})
+    return bool(gave_up)
 
 
 @pytest.mark.parametrize("version", TARGET_VERSIONS)
@@ -42,15 +53,15 @@ def test_native_walk_equals_python_walk(spawn, version: str, script: str) -> Non
     target = spawn(script, version=version)
     interp = locate_interpreter(target.pid)
     native = StackReader(interp, walker="native")
-    compared = frames = 0
+    compared = frames = gave_up = 0
     try:
         for got, want in stopped_comparisons(target.pid, interp, native, 80, _frames):
-            assert got == want
+            gave_up += oracle_agrees(got, want)
             compared += 1
-            frames += sum(len(f) for f in want.values())
+            frames += sum(len(f) for _, f in want.values())
     finally:
         native.close()
-    assert compared == 80 and frames > 80 * 10
+    assert compared == 80 and frames > 80 * 10 and gave_up <= 4
     # the native walker kept unchanged frames from earlier samples rather than rebuilding them
     assert native.reused_threads + native.spliced_frames > 0
 
