@@ -303,14 +303,19 @@ def _plant_chains(rng: random.Random, layout, base: int, tstates: list[int]) -> 
         put(spot(8), rng.randrange(0, 1 << 64))
 
 
-@pytest.mark.parametrize("version", TARGET_VERSIONS)
-def test_native_walker_on_random_memory(version: str) -> None:
-    # in a child: a memory error in C would kill the process, not fail an assert
-    code = f"import json, test_stack_native as t; print(json.dumps(t.fuzz({version!r}, 11, 1200)))"
+def _in_child(call: str) -> dict[str, int]:
+    """Run ``test_stack_native.<call>`` in a child process (a memory error in C would
+    kill the process, not fail an assert) and return its outcome counts."""
+    code = f"import json, test_stack_native as t; print(json.dumps(t.{call}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
-    outcomes = __import__("json").loads(out.stdout)
+    return __import__("json").loads(out.stdout)
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_native_walker_on_random_memory(version: str) -> None:
+    outcomes = _in_child(f"fuzz({version!r}, 11, 1200)")
     # frames came out often, and samples tore often: both paths ran
     assert outcomes.get("frames", 0) > 100 and outcomes.get("torn", 0) > 100, outcomes
     assert outcomes.get("kept", 0) > 0, outcomes
@@ -320,11 +325,7 @@ def test_native_walker_on_random_memory(version: str) -> None:
 @pytest.mark.parametrize("version", TARGET_VERSIONS)
 def test_native_loop_on_random_memory(version: str) -> None:
     # the paced loop's thread, ring and hand-over to Python, over memory changing under it
-    code = f"import json, test_stack_native as t; print(json.dumps(t.fuzz_loop({version!r}, 13, 3000)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
-    outcomes = __import__("json").loads(out.stdout)
+    outcomes = _in_child(f"fuzz_loop({version!r}, 13, 3000)")
     # samples with frames came through the ring, and the loop parked for codes and for thread lists
     assert outcomes.get("loop_ok", 0) > 500 and outcomes.get("frames", 0) > 100, outcomes
     assert outcomes.get(f"parked_{native_walk.NEED_CODES}", 0) > 50, outcomes
