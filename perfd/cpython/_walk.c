@@ -1147,7 +1147,7 @@ int64_t pw_loop_reset(pw_loop *l) {
 void pw_loop_stop(pw_loop *l) {
     if (!l) return;
     pthread_mutex_lock(&l->mu);
-    l->stop = 1;
+    __atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE); /* sleep_until reads it without the lock */
     pthread_cond_broadcast(&l->wake_c);
     pthread_cond_broadcast(&l->wake_py);
     pthread_mutex_unlock(&l->mu);
