@@ -18,13 +18,8 @@ from perfd.cpython.memory import ProcessMemory
 from perfd.cpython.sample import Sample
 from perfd.cpython.stacks import StackReader
 from perfd.sampling import Sampler
-from test_stack_native import oracle_agrees
+from test_stack_native import oracle_agrees, stack_tuples
 from test_stack_splice import _stop
-
-
-def _frames(sample_threads) -> dict[int, tuple[bool, list[tuple]]]:
-    return {t.native_thread_id: (t.suspect, [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr,
-                                              f.owner) for f in t.frames]) for t in sample_threads}
 
 
 def _tasks() -> set[int]:
@@ -59,10 +54,10 @@ def test_loop_samples_of_a_stopped_target_equal_a_fresh_walk(spawn, version: str
                                   if isinstance(s, Sample) and s.monotonic_ns > stopped), None)
                 fresh = StackReader(interp, walker="python")
                 try:
-                    want = _frames(fresh.sample().threads)
+                    want = stack_tuples(fresh.sample().threads)
                 finally:
                     fresh.close()
-                gave_up += oracle_agrees(_frames(after.threads), want)
+                gave_up += oracle_agrees(stack_tuples(after.threads), want)
                 for t in after.threads:
                     if t.suspect:
                         continue  # stopped mid-update (no walk can pass the checks): dropped, no locals

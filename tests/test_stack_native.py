@@ -30,10 +30,15 @@ from perfd.sampling import Sampler
 from test_stack_splice import stopped_comparisons
 
 
-def _frames(reader: StackReader) -> dict[int, tuple[bool, list[tuple]]]:
+def stack_tuples(threads) -> dict[int, tuple[bool, list[tuple]]]:  # noqa: ANN001 - ThreadStacks
+    """Per thread: whether it is suspect, and every frame's identity and position."""
     return {t.native_thread_id: (t.suspect, [(f.qualname, f.filename, f.line, f.frame_addr, f.code_addr, f.gen_addr,
                                               f.owner) for f in t.frames])
-            for t in reader.sample().threads}
+            for t in threads}
+
+
+def _frames(reader: StackReader) -> dict[int, tuple[bool, list[tuple]]]:
+    return stack_tuples(reader.sample().threads)
 
 
 def oracle_agrees(got: dict, want: dict) -> bool:

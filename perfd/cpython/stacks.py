@@ -162,6 +162,7 @@ class StackReader:
             raise native_walk.NativeWalkerUnavailable(
                 native_walk.status().reason or "the native walker does not read this memory")
         self._native_stacks: dict[int, ThreadStack] = {}  # tstate -> its last native sample
+        self._loop_gen = 0  # the paced loop's generation this reader's stacks belong to
 
     @property
     def walker(self) -> str:

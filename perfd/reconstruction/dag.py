@@ -293,8 +293,7 @@ class DagSource:
         # The look's end: when the stacks were read, if they carried every method's self
         # (the native walker; samples may be handed on in batches, well after); else now,
         # after thread_nodes read the selves.
-        in_sample = all(t.first_locals is not None or not t.frames for t in sample.threads)
-        done = sample.read_done_ns if in_sample and sample.read_done_ns else time.monotonic_ns()
+        done = time.monotonic_ns() if finder.read_selves or not sample.read_done_ns else sample.read_done_ns
         if self.owner_watch is not None:
             self._update_watch(sample, addrs)
         with self._lock:

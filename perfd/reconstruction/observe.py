@@ -51,6 +51,9 @@ class NodeCallFinder:
         self.levels: dict[tuple[int, int], Level] = {}  # call key -> the level it was read from
         self._strings: dict[int, str] = {}  # node-id str objects (immutable; owned by the registry)
         self._self_slot: dict[int, int | None] = {}  # code address -> index of a "self" local
+        # the last thread_nodes read some self from the target itself (not all came with
+        # the sample): its look at the threads ended then, not when the sample was read
+        self.read_selves = False
         self._found: dict[int, tuple[int, list[CallObservation]]] = {}  # root -> (chain version, its calls)
         self._last: tuple[tuple, list[CallObservation]] = ((), [])  # (every chain's version, calls) of the last look
 
@@ -168,6 +171,7 @@ class NodeCallFinder:
 
         ``self`` is a method's first local: the native walker read it with each
         frame; for the Python walker's samples it is read now."""
+        self.read_selves = False
         if not node_addrs:
             return {}
         out: dict[int, int] = {}
@@ -186,6 +190,7 @@ class NodeCallFinder:
         if not wanted:
             return out
         off = self.stacks.layout.frame_localsplus
+        self.read_selves = True
         try:
             bufs = self.stacks.mem.read_many([(fa + off + 8 * slot, 8) for _, fa, slot in wanted])
         except MemoryReadError:
