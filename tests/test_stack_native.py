@@ -118,19 +118,31 @@ _WORLD = 1 << 16
 class _World:
     """Random bytes in this very process (so every read is real and many pointers
     land in mapped memory) and a thread list over them that is consistent often
-    enough to get the walk going."""
+    enough to get the walk going. Its GIL (a holder word and a switch count 16
+    bytes on) changes hands 0-2 times between samples, so threads go unread."""
 
     def __init__(self, rng: random.Random, layout) -> None:
         self.rng, self.layout = rng, layout
         self.buf = ctypes.create_string_buffer(_WORLD)
         self.base = ctypes.addressof(self.buf)
+        self.gil = self.base + rng.randrange(0, _WORLD - 24) // 8 * 8
         self.interps: list[int] = []
         self.tstates: list[int] = []
+
+    def walker(self) -> native_walk.NativeWalk:
+        nw = native_walk.NativeWalk.create(os.getpid(), self.layout)
+        assert nw is not None
+        nw.set_gil(self.gil, 16)
+        return nw
 
     def touch(self) -> None:
         """The same memory again with a few words changed: mostly the frames of the
         last sample, which the walker keeps rather than reports again."""
         rng, base = self.rng, self.base
+        if rng.random() < 0.5:
+            switches = ctypes.c_uint64.from_address(self.gil + 16)
+            switches.value = (switches.value + rng.choice((0, 0, 1, 2))) % (1 << 64)
+            ctypes.c_uint64.from_address(self.gil).value = rng.choice(self.tstates + [base])
         for _ in range(rng.randrange(0, 3)):
             ctypes.c_uint64.from_address(base + rng.randrange(0, _WORLD - 8) // 8 * 8).value = rng.choice(
                 (0, rng.randrange(0, 300), base + rng.randrange(0, _WORLD - 8) // 8 * 8))
@@ -178,8 +190,7 @@ def fuzz(version: str, seed: int, rounds: int) -> dict[str, int]:
     rng = random.Random(seed)
     layout = generated_layout(version)
     world = _World(rng, layout)
-    nw = native_walk.NativeWalk.create(os.getpid(), layout)
-    assert nw is not None
+    nw = world.walker()
     outcomes: dict[str, int] = {}
     for i in range(rounds):
         if i and rng.random() < 0.5:
@@ -199,6 +210,8 @@ def fuzz(version: str, seed: int, rounds: int) -> dict[str, int]:
                     assert nw.decode(lenient) == native_walk.TORN  # a decode without a walk is refused
                 else:
                     _check_words(*nw.result(), len(world.tstates), outcomes)
+                    if nw.unread:
+                        outcomes["unread"] = outcomes.get("unread", 0) + 1
             key = {native_walk.OK: "ok", native_walk.RELIST: "relist", native_walk.TORN: "torn"}.get(rc, f"errno{-rc}")
             outcomes[key] = outcomes.get(key, 0) + 1
             if rc == native_walk.TORN:
@@ -218,8 +231,7 @@ def fuzz_loop(version: str, seed: int, rounds: int) -> dict[str, int]:
     layout = generated_layout(version)
     world = _World(rng, layout)
     world.renew()
-    nw = native_walk.NativeWalk.create(os.getpid(), layout)
-    assert nw is not None
+    nw = world.walker()
     nw.set_threads(world.interps, world.tstates)
     listed = len(world.tstates)  # the walker's thread list (memory renewed since may not match it)
     loop = nw.start_loop(100_000, 8, 3, 3, None)  # 10 kHz into 8 slots
@@ -240,6 +252,8 @@ def fuzz_loop(version: str, seed: int, rounds: int) -> dict[str, int]:
                 if ls.rc == native_walk.OK:
                     _check_words(*native_walk.split_words(ls.words, ls.n_threads), ls.n_threads, outcomes)
                     outcomes["loop_ok"] = outcomes.get("loop_ok", 0) + 1
+                    if ls.unread:
+                        outcomes["unread"] = outcomes.get("unread", 0) + 1
                     continue
                 assert k == len(taken) - 1  # the loop parks on a sample Python must finish
                 outcomes[f"parked_{ls.rc}"] = outcomes.get(f"parked_{ls.rc}", 0) + 1
@@ -323,8 +337,8 @@ def test_native_walker_on_random_memory(version: str) -> None:
     outcomes = _in_child(f"fuzz({version!r}, 11, 1200)")
     # frames came out often, and samples tore often: both paths ran
     assert outcomes.get("frames", 0) > 100 and outcomes.get("torn", 0) > 100, outcomes
-    assert outcomes.get("kept", 0) > 0, outcomes
-    assert set(outcomes) <= {"ok", "relist", "torn", "frames", "kept"}, outcomes
+    assert outcomes.get("kept", 0) > 0 and outcomes.get("unread", 0) > 0, outcomes
+    assert set(outcomes) <= {"ok", "relist", "torn", "frames", "kept", "unread"}, outcomes
 
 
 @pytest.mark.parametrize("version", TARGET_VERSIONS)
@@ -336,6 +350,7 @@ def test_native_loop_on_random_memory(version: str) -> None:
     assert outcomes.get(f"parked_{native_walk.NEED_CODES}", 0) > 50, outcomes
     assert outcomes.get(f"parked_{native_walk.RELIST}", 0) > 50, outcomes
     assert outcomes["skipped"] > 0, outcomes  # 10 kHz into 8 slots: it filled, and said so
+    assert outcomes.get("unread", 0) > 0, outcomes
 
 
 _UNDER_SANITIZERS = """
@@ -371,3 +386,4 @@ def test_native_walker_on_random_memory_under_sanitizers(tmp_path: Path) -> None
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
     assert "runtime error" not in out.stderr and "AddressSanitizer" not in out.stderr, out.stderr[-3000:]
     assert out.stdout.count("frames") == 6 and out.stdout.count("loop_ok") == 3, out.stdout
+    assert out.stdout.count("unread") == 6, out.stdout  # the GIL-gated path ran under the sanitizers too

@@ -32,6 +32,9 @@ FIELDS: list[tuple[str, str, tuple[str, ...] | None]] = [
     # the GIL's holder while it is held: which thread called into C (a probe's view)
     ("runtime.gil_last_holder", f"{O}(_PyRuntimeState, ceval.gil.last_holder)", ("3.11",)),
     ("runtime.gil_last_holder", f"{O}(_PyRuntimeState, _main_interpreter._gil.last_holder)", ("3.12", "3.13")),
+    # how many times the GIL changed hands: with the holder, which threads can have run Python
+    ("runtime.gil_switch_number", f"{O}(_PyRuntimeState, ceval.gil.switch_number)", ("3.11",)),
+    ("runtime.gil_switch_number", f"{O}(_PyRuntimeState, _main_interpreter._gil.switch_number)", ("3.12", "3.13")),
     ("interp.next", f"{O}(PyInterpreterState, next)", None),
     ("interp.threads_head", f"{O}(PyInterpreterState, threads.head)", None),
     ("interp.modules", f"{O}(PyInterpreterState, modules)", ("3.11",)),

@@ -9,6 +9,11 @@
  *
  * Why C: in Python the same walk and checks cost ~3/4 of a sample's CPU;
  * here they cost a few microseconds, so a sample costs about its reads.
+
+And the reads are mostly avoided: a thread runs Python only while it holds
+the GIL, so a thread that cannot have taken it since the last sample has the
+same stack, and is not read at all. The GIL's holder and its count of
+hand-overs, read first in each sample, say which threads those are.
  *
  * Everything read is untrusted: the target runs on while we read it, and a
  * pointer may be garbage. Every offset into a buffer is bounds-checked; every
@@ -29,16 +34,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PW_ABI 4
+#define PW_ABI 5
 
 #define MAX_DEPTH 4096
 #define MAX_THREADS 1024
 #define FRAME_READ 80 /* a frame's header through localsplus[0] */
-#define CHUNK_SLACK 2048
+#define CHUNK_SLACK 512 /* past the datastack top read a moment before: frames pushed since */
 #define CHUNK_MAX (1u << 20)
 #define MAX_PLAN 32
 #define HEAD_MAX 256
-#define HEAP_KEEP 512
+#define HEAP_KEEP 256 /* per thread */
 #define CODES_MAX 65536
 #define LAST_CODES_MAX 8192
 #define CHUNK_SIZES_MAX 4096
@@ -74,6 +79,8 @@ typedef struct { /* what Python reads after pw_decode */
     uint64_t *need; /* code objects Python has to decode (or re-decode) */
     uint8_t *need_heads; /* their headers as read, code_head bytes each */
     uint64_t reads; /* syscalls this sample */
+    uint64_t bytes; /* bytes read this sample */
+    uint64_t unread; /* threads not read: they cannot have run since the last sample */
     char msg[200];
 } pw_result;
 
@@ -173,6 +180,8 @@ typedef struct {
     uint64_t prev_tid, prev_ntid; /* a thread state's memory may serve a new thread */
     int prev_clean; /* the last sample of it was neither suspect nor dropped */
     int had_stack; /* -1 unknown */
+    uint64_t *heap_prev; /* frames outside its chunks (coroutines') its last walk went through */
+    size_t n_heap_prev, cap_heap_prev;
     /* this sample */
     int64_t tbuf;
     uint64_t tid, ntid, next_frame;
@@ -185,6 +194,7 @@ typedef struct {
     uint64_t *first; /* localsplus[0] of each frame in out, this sample's (not compared) */
     size_t cap_first;
     int done, suspect, broken, dropped;
+    int unread; /* not read: it has not held the GIL since its last sample, which stands */
     size_t same; /* outer frames equal to the last sample's */
     int firsts_kept; /* the same frames' first locals are as last sample's too (FLAG_FIRSTS_KEPT) */
     int same_all; /* and nothing else differs either (FLAG_SAME) */
@@ -215,8 +225,13 @@ typedef struct {
     code_t *codes;
     size_t n_codes, cap_codes;
     map_t chunk_sizes;
-    uint64_t *heap_last; /* heap frames of the last sample, read speculatively */
-    size_t n_heap_last, cap_heap_last;
+    /* the main GIL: its holder (a thread state) and switch count, read with every sample */
+    uint64_t gil_addr; /* of the holder field; 0: unknown, every thread is read */
+    int64_t gil_switch_off; /* the switch count, from the holder field */
+    int gil_known; /* holder and count as of the last decoded sample: */
+    uint64_t gil_holder, gil_switch;
+    int gil_now; /* and this sample's */
+    uint64_t gil_holder_now, gil_switch_now;
     uint64_t *codes_last;
     size_t n_codes_last, cap_codes_last;
     uint64_t *missing;
@@ -286,7 +301,11 @@ static int read_parts(pw_t *w, size_t from) {
         for (size_t j = first; j < i; j++) {
             part_t *p = &w->parts[j];
             if (p->off < 0) continue;
-            if (done + p->len <= (size_t)got) { done += p->len; continue; }
+            if (done + p->len <= (size_t)got) {
+                done += p->len;
+                w->res.bytes += p->len;
+                continue;
+            }
             p->off = -1; /* the first part that failed: go on after it */
             i = j + 1;
             break;
@@ -333,7 +352,14 @@ pw_t *pw_new(int pid, const pw_layout *L) {
     return w;
 }
 
-static void thread_free(thread_t *t) { free(t->prev); free(t->prev_first); free(t->walk); free(t->out); free(t->first); }
+static void thread_free(thread_t *t) {
+    free(t->prev);
+    free(t->prev_first);
+    free(t->walk);
+    free(t->out);
+    free(t->first);
+    free(t->heap_prev);
+}
 
 void pw_free(pw_t *w) {
     if (!w) return;
@@ -348,7 +374,6 @@ void pw_free(pw_t *w) {
     map_free(&w->code_index);
     map_free(&w->chunk_sizes);
     free(w->codes);
-    free(w->heap_last);
     free(w->codes_last);
     free(w->missing);
     free(w->words);
@@ -358,6 +383,16 @@ void pw_free(pw_t *w) {
 }
 
 pw_result *pw_result_of(pw_t *w) { return &w->res; }
+
+/* Where the main interpreter's GIL keeps its holder (absolute) and its switch count
+   (from there). Without it every thread is read every sample. */
+int pw_set_gil(pw_t *w, uint64_t holder_addr, int64_t switch_off) {
+    if (holder_addr && (switch_off < 8 || switch_off > 256)) return -EINVAL;
+    w->gil_addr = holder_addr;
+    w->gil_switch_off = switch_off;
+    w->gil_known = 0;
+    return 0;
+}
 
 /* The thread list as Python read it. State of threads still listed is kept. */
 int pw_set_threads(pw_t *w, const uint64_t *interps, size_t n_interps, const uint64_t *tstates, size_t n) {
@@ -394,8 +429,9 @@ void pw_forget(pw_t *w) {
         t->cframe = 0;
         t->n_prev = 0;
         t->prev_clean = 0; /* Python starts afresh too: no FLAG_SAME until a clean sample */
+        t->n_heap_prev = 0;
     }
-    w->n_heap_last = 0;
+    w->gil_known = 0;
     w->n_codes_last = 0;
     w->walked = 0;
 }
@@ -454,13 +490,16 @@ static int plan_chunks(pw_t *w, thread_t *t, uint64_t chunk, uint64_t top, int *
     return 1;
 }
 
-/* Arena offset of frame `addr`'s header, if this sample holds it. */
-static int64_t frame_at(const pw_t *w, const thread_t *t, uint64_t addr) {
+/* Arena offset of frame `addr`'s header, if this sample holds it; *heap: it is
+   not in the thread's chunks. */
+static int64_t frame_at(const pw_t *w, const thread_t *t, uint64_t addr, int *heap) {
+    *heap = 0;
     for (int r = 0; r < t->n_rng; r++) {
         const part_t *p = &t->rng[r];
         if (p->off >= 0 && p->addr <= addr && addr - p->addr <= p->len && p->len - (addr - p->addr) >= FRAME_READ)
             return p->off + (int64_t)(addr - p->addr);
     }
+    *heap = 1;
     int64_t *hit = map_get(&w->heap, addr);
     return hit ? *hit : -2; /* -1: read and unreadable, -2: not read yet */
 }
@@ -468,7 +507,8 @@ static int64_t frame_at(const pw_t *w, const thread_t *t, uint64_t addr) {
 static int advance(pw_t *w, thread_t *t) {
     uint64_t addr = t->next_frame;
     while (addr) {
-        int64_t off = frame_at(w, t, addr);
+        int heap;
+        int64_t off = frame_at(w, t, addr, &heap);
         if (off == -2) {
             if (!map_get(&w->heap, addr)) VEC_PUSH(w->missing, w->n_missing, w->cap_missing, addr);
             t->next_frame = addr;
@@ -481,6 +521,8 @@ static int advance(pw_t *w, thread_t *t) {
         }
         step_t s = {off, addr};
         VEC_PUSH(t->walk, t->n_walk, t->cap_walk, s);
+        if (heap && t->n_heap_prev < HEAP_KEEP) /* read with its chunks next time it is read */
+            VEC_PUSH(t->heap_prev, t->n_heap_prev, t->cap_heap_prev, addr);
         if (t->n_walk > MAX_DEPTH) { t->suspect = 1; break; }
         addr = u64_at(w, off, w->L.frame_previous);
     }
@@ -507,6 +549,21 @@ static int thread_list_matches(pw_t *w, const int64_t *heads) {
     return i == w->n_threads;
 }
 
+/* Whether thread t can have run Python since the sample its last stack is from:
+   only a GIL holder runs Python. The count goes up on every change of holder,
+   so with no change since then only the holder ran, and with one change its old
+   and new holder. The holder and count are two words, written one after the
+   other: a pair that disagrees (a holder change without a count, or a count
+   without one) means "maybe", and so does anything unknown. */
+static int may_have_run(const pw_t *w, const thread_t *t) {
+    if (!w->gil_known || !w->gil_now || !t->prev_clean) return 1;
+    uint64_t changes = w->gil_switch_now - w->gil_switch;
+    if (changes == 0 && w->gil_holder_now == w->gil_holder) return t->tstate == w->gil_holder;
+    if (changes == 1 && w->gil_holder_now != w->gil_holder)
+        return t->tstate == w->gil_holder || t->tstate == w->gil_holder_now;
+    return 1;
+}
+
 /* Reads and walks one sample. Returns PW_OK (then: decode the codes listed in
    the result, pw_set_code them, pw_decode), PW_RELIST, PW_TORN (msg says why)
    or -errno when the target is gone or unreadable. */
@@ -517,34 +574,24 @@ int pw_walk(pw_t *w, int lenient) {
     w->sample_no++;
     w->arena.len = 0;
     w->n_parts = 0;
-    w->res.reads = 0;
+    w->res.reads = w->res.bytes = w->res.unread = 0;
     w->res.n_need = 0;
     w->res.msg[0] = 0;
     map_clear(&w->heap);
     map_clear(&w->heads);
     map_clear(&w->used);
 
-    /* 1. one read: list heads, thread states, planned chunks, C frames, last heap frames, code headers */
+    /* 1. one read: the GIL (first: whatever is read after it is at least as new), list
+       heads, thread states. Subinterpreters may have GILs of their own: then none counts. */
+    size_t at_gil = w->n_parts;
+    int with_gil = w->gil_addr && w->n_interps == 1;
+    if (with_gil && (rc = push_part(w, w->gil_addr, (uint64_t)w->gil_switch_off + 8))) return rc;
     size_t at_heads = w->n_parts;
     for (size_t i = 0; i < w->n_interps; i++)
         if ((rc = push_part(w, w->interps[i] + L->interp_threads_head, 8))) return rc;
     size_t at_tstates = w->n_parts;
     for (size_t i = 0; i < w->n_threads; i++)
         if ((rc = push_part(w, w->threads[i].tstate, (uint64_t)L->tstate_size))) return rc;
-    size_t at_chunks = w->n_parts;
-    for (size_t i = 0; i < w->n_threads; i++)
-        for (int k = 0; k < w->threads[i].n_plan; k++)
-            if ((rc = push_part(w, w->threads[i].plan_addr[k], w->threads[i].plan_len[k]))) return rc;
-    size_t at_cframes = w->n_parts;
-    if (L->tstate_current_frame < 0)
-        for (size_t i = 0; i < w->n_threads; i++)
-            if ((rc = push_part(w, w->threads[i].cframe, 16))) return rc;
-    size_t at_heap = w->n_parts;
-    for (size_t i = 0; i < w->n_heap_last; i++)
-        if ((rc = push_part(w, w->heap_last[i], FRAME_READ))) return rc;
-    size_t at_codes = w->n_parts;
-    for (size_t i = 0; i < w->n_codes_last; i++)
-        if ((rc = push_part(w, w->codes_last[i] + 8, (uint64_t)L->code_head))) return rc;
     if ((rc = read_parts(w, 0))) return rc;
 
     /* 2. the thread list is still the one Python read? (heads and next pointers of this same read) */
@@ -558,68 +605,74 @@ int pw_walk(pw_t *w, int lenient) {
         if (w->threads[i].tbuf < 0) return torn(w, "thread state unreadable", 0);
     }
     if (!thread_list_matches(w, heads)) return PW_RELIST;
+    int64_t gil = with_gil ? w->parts[at_gil].off : -1;
+    w->gil_now = gil >= 0;
+    w->gil_holder_now = gil >= 0 ? u64_at(w, gil, 0) : 0;
+    w->gil_switch_now = gil >= 0 ? u64_at(w, gil, w->gil_switch_off) : 0;
 
-    /* 3. regions read, each thread's current frame; what the speculation missed is read in one more call */
-    size_t c = at_chunks, at_more = w->n_parts;
-    int64_t more_of[MAX_THREADS]; /* thread -> first of its follow-up parts, -1 none */
+    /* 3. a second read: the frames of each thread that may have run (its chunks as
+       its state now says, its C frame, its coroutine frames of last time), code
+       object headers of last sample */
+    size_t at_more = w->n_parts;
+    int64_t chunks_of[MAX_THREADS]; /* thread -> its first chunk part, -1 none */
     int64_t cframe_of[MAX_THREADS];
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
-        t->n_rng = t->n_plan;
-        for (int k = 0; k < t->n_plan; k++) t->rng[k] = w->parts[c++];
         t->n_walk = t->n_out = 0;
         t->done = t->suspect = t->broken = t->dropped = 0;
         t->next_frame = 0;
+        t->n_rng = 0;
         t->tid = u64_at(w, t->tbuf, L->tstate_thread_id);
         t->ntid = u64_at(w, t->tbuf, L->tstate_native_thread_id);
-        more_of[i] = cframe_of[i] = -1;
-    }
-    for (size_t i = 0; i < w->n_threads; i++) {
-        thread_t *t = &w->threads[i];
+        chunks_of[i] = cframe_of[i] = -1;
+        t->unread = !may_have_run(w, t) && t->tid == t->prev_tid && t->ntid == t->prev_ntid;
+        if (t->unread) {
+            t->done = 1;
+            w->res.unread++;
+            continue;
+        }
         uint64_t chunk = u64_at(w, t->tbuf, L->tstate_datastack_chunk);
         uint64_t top = u64_at(w, t->tbuf, L->tstate_datastack_top);
         int err;
-        int rebuilt = plan_chunks(w, t, chunk, top, &err);
+        plan_chunks(w, t, chunk, top, &err);
         if (err) return err;
-        int covered = !rebuilt && t->n_plan && t->n_rng && t->rng[0].off >= 0 && t->rng[0].addr == chunk &&
-                      t->rng[0].len >= top - chunk;
-        if (t->n_plan && !covered) {
-            more_of[i] = (int64_t)w->n_parts;
-            for (int k = 0; k < t->n_plan; k++)
-                if ((rc = push_part(w, t->plan_addr[k], t->plan_len[k]))) return rc;
-        }
-        if (!t->n_plan) t->n_rng = 0;
+        chunks_of[i] = (int64_t)w->n_parts;
+        for (int k = 0; k < t->n_plan; k++)
+            if ((rc = push_part(w, t->plan_addr[k], t->plan_len[k]))) return rc;
         if (L->tstate_current_frame >= 0) {
             t->next_frame = u64_at(w, t->tbuf, L->tstate_current_frame);
         } else {
-            uint64_t cf = u64_at(w, t->tbuf, L->tstate_cframe);
-            int64_t cfbuf = w->parts[at_cframes + i].off;
-            if (cf && cf == t->cframe && cfbuf >= 0) {
-                t->next_frame = u64_at(w, cfbuf, L->cframe_current_frame);
-            } else if (cf) {
+            t->cframe = u64_at(w, t->tbuf, L->tstate_cframe);
+            if (t->cframe) {
                 cframe_of[i] = (int64_t)w->n_parts;
-                if ((rc = push_part(w, cf, 16))) return rc;
-            }
-            t->cframe = cf;
-        }
-    }
-    if (w->n_parts > at_more) {
-        if ((rc = read_parts(w, at_more))) return rc;
-        for (size_t i = 0; i < w->n_threads; i++) {
-            thread_t *t = &w->threads[i];
-            if (more_of[i] >= 0) {
-                t->n_rng = t->n_plan;
-                for (int k = 0; k < t->n_plan; k++) t->rng[k] = w->parts[more_of[i] + k];
-            }
-            if (cframe_of[i] >= 0) {
-                int64_t off = w->parts[cframe_of[i]].off;
-                if (off < 0) return torn(w, "cframe unreadable", t->cframe);
-                t->next_frame = u64_at(w, off, L->cframe_current_frame);
+                if ((rc = push_part(w, t->cframe, 16))) return rc;
             }
         }
     }
+    size_t at_heap = w->n_parts;
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
+        if (!t->unread)
+            for (size_t k = 0; k < t->n_heap_prev; k++)
+                if ((rc = push_part(w, t->heap_prev[k], FRAME_READ))) return rc;
+    }
+    size_t at_codes = w->n_parts;
+    for (size_t i = 0; i < w->n_codes_last; i++)
+        if ((rc = push_part(w, w->codes_last[i] + 8, (uint64_t)L->code_head))) return rc;
+    if ((rc = read_parts(w, at_more))) return rc;
+    for (size_t i = 0; i < w->n_threads; i++) {
+        thread_t *t = &w->threads[i];
+        if (t->unread) continue;
+        t->n_heap_prev = 0; /* rebuilt by this walk */
+        if (chunks_of[i] >= 0) {
+            t->n_rng = t->n_plan;
+            for (int k = 0; k < t->n_plan; k++) t->rng[k] = w->parts[chunks_of[i] + k];
+        }
+        if (cframe_of[i] >= 0) {
+            int64_t off = w->parts[cframe_of[i]].off;
+            if (off < 0) return torn(w, "cframe unreadable", t->cframe);
+            t->next_frame = u64_at(w, off, L->cframe_current_frame);
+        }
         if (t->next_frame) continue;
         /* 3.11/3.12: a thread outside Python sits on its root C frame; a NULL current
            frame on any other C frame is a C frame caught before it was filled in. */
@@ -659,13 +712,6 @@ int pw_walk(pw_t *w, int lenient) {
             map_put(&w->heap, w->parts[k].addr, w->parts[k].off);
         }
     }
-    /* heap frames walked: read speculatively next sample */
-    w->n_heap_last = 0;
-    for (size_t i = 0; i < w->heap.cap && w->n_heap_last < HEAP_KEEP; i++)
-        if (w->heap.keys[i] && w->heap.vals[i] >= 0) {
-            uint64_t a = w->heap.keys[i];
-            VEC_PUSH(w->heap_last, w->n_heap_last, w->cap_heap_last, a);
-        }
 
     /* 5. code objects: header of each, as read now */
     for (size_t i = at_codes; i < at_codes + w->n_codes_last; i++)
@@ -760,6 +806,7 @@ static int decode_thread(pw_t *w, thread_t *t) {
     const pw_layout *L = &w->L;
     const uint8_t *a = w->arena.p;
     int last_owner = -1;
+    if (t->unread) return PW_OK;
     if (t->broken) return torn(w, "frame chain unreadable", 0);
     for (size_t k = 0; k < t->n_walk; k++) {
         int64_t off = t->walk[k].off;
@@ -820,6 +867,12 @@ int pw_decode(pw_t *w, int lenient) {
     size_t frame_words = 0, firsts = 0;
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
+        if (t->unread) { /* its last sample stands, as it is */
+            t->n_out = t->same = t->n_prev;
+            t->firsts_kept = t->same_all = 1;
+            t->n_firsts = 0;
+            continue;
+        }
         /* frames equal to the last sample's, outermost up, whose code Python did not just re-decode */
         size_t same = 0;
         while (same < t->n_out && same < t->n_prev) {
@@ -865,6 +918,7 @@ int pw_decode(pw_t *w, int lenient) {
         rf += 4 * fresh;
         if (t->n_firsts) memcpy(rl, t->first, t->n_firsts * sizeof *rl);
         rl += t->n_firsts;
+        if (t->unread) continue;
         /* remember this sample's frames for the next comparison */
         if (t->n_out > t->cap_prev) {
             raw_t *p = realloc(t->prev, t->n_out * sizeof *p);
@@ -886,6 +940,10 @@ int pw_decode(pw_t *w, int lenient) {
         if (!(t->suspect || t->dropped)) t->had_stack = t->n_out > 0;
         else if (t->had_stack < 0) t->had_stack = 1;
     }
+    /* the stacks stand as of this sample's GIL read (every thread read after it or unread) */
+    w->gil_known = w->gil_now;
+    w->gil_holder = w->gil_holder_now;
+    w->gil_switch = w->gil_switch_now;
     w->res.n_threads = w->n_threads;
     w->res.n_words = words;
     w->res.words = w->words;
@@ -923,7 +981,7 @@ typedef struct {
     int32_t rc;                /* PW_OK: words hold the decoded sample; else what Python must finish */
     int32_t attempts;          /* walks taken (1 = no retry) */
     uint64_t gen;              /* pw_loop_reset generation it was taken in */
-    uint64_t n_threads, n_words, reads;
+    uint64_t n_threads, n_words, reads, bytes, unread;
     uint64_t *words;
     uint64_t cap_words;
     char msg[200];
@@ -1023,6 +1081,8 @@ static void *loop_main(void *arg) {
         s->attempts = rc == PW_RELIST && !l->w->n_threads ? 1 : a < l->attempts ? a + 1 : l->attempts;
         s->gen = (uint64_t)l->pub.gen;
         s->reads = l->w->res.reads;
+        s->bytes = l->w->res.bytes;
+        s->unread = l->w->res.unread;
         memcpy(s->msg, l->w->res.msg, sizeof s->msg);
         s->n_threads = s->n_words = 0;
         if (rc == PW_OK && slot_store(s, l->w) < 0) rc = -ENOMEM;
@@ -1101,7 +1161,7 @@ int64_t pw_loop_wait(pw_loop *l, int64_t timeout_ns, uint64_t *first) {
 
 pw_slot *pw_loop_slot(pw_loop *l, uint64_t seq) { return &l->slots[seq % l->n_slots]; }
 
-#define SLOT_HEAD 9 /* mono, epoch, done, rc, attempts, gen, n_threads, n_words, reads */
+#define SLOT_HEAD 11 /* mono, epoch, done, rc, attempts, gen, n_threads, n_words, reads, bytes, unread */
 
 /* The n ready slots from seq, packed into buf (SLOT_HEAD words, then the slot's
    words, for each): Python converts one buffer per batch, not one per sample.
@@ -1115,7 +1175,7 @@ int64_t pw_loop_copy(pw_loop *l, uint64_t seq, uint64_t n, uint64_t *buf, uint64
         const pw_slot *s = &l->slots[(seq + i) % l->n_slots];
         uint64_t head[SLOT_HEAD] = {(uint64_t)s->mono_ns, (uint64_t)s->epoch_ns, (uint64_t)s->done_ns,
                                     (uint64_t)(int64_t)s->rc, (uint64_t)s->attempts, s->gen,
-                                    s->n_threads, s->n_words, s->reads};
+                                    s->n_threads, s->n_words, s->reads, s->bytes, s->unread};
         memcpy(p, head, sizeof head);
         p += SLOT_HEAD;
         if (s->n_words) memcpy(p, s->words, s->n_words * sizeof *p);

@@ -22,7 +22,7 @@ from pathlib import Path
 from perfd.cpython.layouts import Layout
 from perfd.errors import PerfdError
 
-ABI = 4  # must equal PW_ABI in _walk.c
+ABI = 5  # must equal PW_ABI in _walk.c
 SOURCE = Path(__file__).with_name("_walk.c")
 LIBRARY = Path(__file__).with_name("_walk.so")
 
@@ -30,7 +30,7 @@ OK, RELIST, TORN, NEED_CODES = 0, 1, 2, 3
 # SAME: frames and first locals as the thread's last sample (none sent); FIRSTS_KEPT:
 # first locals sent for the new frames only, the kept frames' are as last sample
 SUSPECT, DROPPED, SAME, FIRSTS_KEPT = 1, 2, 4, 8
-_SLOT_HEAD = 9  # words before each sample's own in pw_loop_copy's buffer
+_SLOT_HEAD = 11  # words before each sample's own in pw_loop_copy's buffer
 
 _FIELDS = (
     "tstate_size", "tstate_next", "tstate_thread_id", "tstate_native_thread_id",
@@ -52,7 +52,8 @@ class _Result(ctypes.Structure):
         ("n_threads", ctypes.c_uint64), ("n_words", ctypes.c_uint64),
         ("words", ctypes.c_void_p), ("cap_words", ctypes.c_uint64),
         ("n_need", ctypes.c_uint64), ("need", ctypes.c_void_p), ("need_heads", ctypes.c_void_p),
-        ("reads", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
+        ("reads", ctypes.c_uint64), ("bytes", ctypes.c_uint64), ("unread", ctypes.c_uint64),
+        ("msg", ctypes.c_char * 200),
     ]
 
 
@@ -63,7 +64,7 @@ class _Slot(ctypes.Structure):
         ("mono_ns", ctypes.c_int64), ("epoch_ns", ctypes.c_int64), ("done_ns", ctypes.c_int64),
         ("rc", ctypes.c_int32), ("attempts", ctypes.c_int32), ("gen", ctypes.c_uint64),
         ("n_threads", ctypes.c_uint64), ("n_words", ctypes.c_uint64), ("reads", ctypes.c_uint64),
-        ("words", ctypes.c_void_p), ("cap_words", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
+        ("bytes", ctypes.c_uint64), ("unread", ctypes.c_uint64), ("words", ctypes.c_void_p), ("cap_words", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
     ]
 
 
@@ -118,6 +119,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.pw_result_of.argtypes, lib.pw_result_of.restype = [vp], ctypes.POINTER(_Result)
     lib.pw_set_threads.argtypes = [vp, ctypes.POINTER(u64), ctypes.c_size_t, ctypes.POINTER(u64), ctypes.c_size_t]
     lib.pw_forget.argtypes, lib.pw_forget.restype = [vp], None
+    lib.pw_set_gil.argtypes = [vp, u64, ctypes.c_int64]
     lib.pw_walk.argtypes = [vp, i32]
     lib.pw_set_code.argtypes = [vp, u64, ctypes.c_char_p, i32, i32]
     lib.pw_decode.argtypes = [vp, i32]
@@ -213,6 +215,13 @@ class NativeWalk:
     def forget(self) -> None:
         self._lib.pw_forget(self._h)
 
+    def set_gil(self, holder_addr: int, switch_off: int) -> None:
+        """Where the main GIL's holder is (absolute) and its switch count (from
+        there): threads that cannot have held it since their last sample are not
+        read. 0: read every thread."""
+        if self._lib.pw_set_gil(self._h, holder_addr, switch_off) < 0:
+            raise ValueError("the native walker refused the GIL's layout")
+
     def walk(self, lenient: bool) -> int:
         """Read and walk: OK (then ``needed_codes``, ``set_code``, ``decode``), RELIST,
         TORN, or -errno (target gone or unreadable)."""
@@ -264,6 +273,15 @@ class NativeWalk:
     def reads(self) -> int:
         return self._res.reads
 
+    @property
+    def bytes_read(self) -> int:
+        return self._res.bytes
+
+    @property
+    def unread(self) -> int:
+        """Threads the last sample did not read (see ``set_gil``)."""
+        return self._res.unread
+
 
 def split_words(words: list[int], n_threads: int) -> tuple[list[int], list[int], list[int]]:
     """A decoded sample's words as (per thread, per new frame, first locals): see ``result``."""
@@ -285,6 +303,8 @@ class LoopSample:
     n_threads: int
     words: list[int]
     reads: int
+    bytes_read: int
+    unread: int  # threads not read: they cannot have run since their last sample
     message: str
 
 
@@ -338,13 +358,13 @@ class NativeLoop:
         words = self._view[:got].tolist()
         out, at = [], 0
         for seq in range(first, first + n):
-            mono, epoch, done, rc, attempts, gen, n_threads, n_words, reads = words[at:at + _SLOT_HEAD]
+            mono, epoch, done, rc, attempts, gen, n_threads, n_words, reads, nbytes, unread = words[at:at + _SLOT_HEAD]
             at += _SLOT_HEAD
             if rc >= 1 << 63:
                 rc -= 1 << 64
             message = lib.pw_loop_slot(h, seq).contents.msg.decode(errors="replace") if rc != OK else ""
             out.append(LoopSample(mono, epoch, done, rc, attempts, gen, n_threads, words[at:at + n_words],
-                                  reads, message))
+                                  reads, nbytes, unread, message))
             at += n_words
         return first + n, out
 

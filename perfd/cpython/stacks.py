@@ -154,6 +154,8 @@ class StackReader:
         self.reused_threads = 0  # thread walks skipped because nothing changed
         self.spliced_frames = 0  # frames of changed threads kept from the last sample (not walked again)
         self.reads_last = 0  # syscalls used by the last sample
+        self.bytes_last = 0  # bytes the last sample read (native walker)
+        self.unread_threads = 0  # threads not read: they had not held the GIL since their last sample
         # The walk in C when it is built and the memory is a live process read by
         # process_vm_readv; else (and if the kernel refuses it later) in Python.
         live = type(self.mem) is ProcessMemory
@@ -161,6 +163,9 @@ class StackReader:
         if walker == "native" and self._native is None:
             raise native_walk.NativeWalkerUnavailable(
                 native_walk.status().reason or "the native walker does not read this memory")
+        holder, switches = L.get("runtime.gil_last_holder"), L.get("runtime.gil_switch_number")
+        if self._native is not None and holder is not None and switches is not None:
+            self._native.set_gil(interp.runtime_addr + holder, switches - holder)
         self._native_stacks: dict[int, ThreadStack] = {}  # tstate -> its last native sample
         self._loop_gen = 0  # the paced loop's generation this reader's stacks belong to
 
@@ -285,6 +290,8 @@ class StackReader:
         info, raw, firsts = native_walk.split_words(ls.words, ls.n_threads)
         threads = self._threads_of(info, raw, firsts, set())
         self.reads_last = ls.reads
+        self.bytes_last = ls.bytes_read
+        self.unread_threads += ls.unread
         return Sample(ls.mono_ns, ls.epoch_ns, threads, retried=ls.attempts > 1, read_done_ns=ls.done_ns)
 
     def _reset_loop(self, loop: native_walk.NativeLoop) -> None:
@@ -554,6 +561,8 @@ class StackReader:
         info, raw, firsts = nw.result()
         out = self._threads_of(info, raw, firsts, fresh)
         self.reads_last = nw.reads + self.mem.reads - reads0
+        self.bytes_last = nw.bytes_read
+        self.unread_threads += nw.unread
         return out
 
     def _threads_of(self, info: list[int], raw: list[int], firsts: list[int], fresh: set[int]) -> list[ThreadStack]:
