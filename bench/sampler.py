@@ -2,17 +2,18 @@
 """Sampler cost and target slowdown: perfd vs py-spy, side by side, one run.
 
 Target: tests/targets/reader_bench.py (6 threads, ~250 frames) under a pyenv
-CPython. For each rate, windows alternate B A B P B N B Y B T B R B C B S B A …
+CPython. For each rate, windows alternate B A B P B G B Y B T B R B C B S B A …
 — the target's own work rate with nothing attached (B), with perfd's Sampler
 in this process (P: its default walker, native when built, sampling on its C
-thread and handing the samples to Python in batches), with the same Sampler
-waking its Python thread for every sample (N: what the C loop saves), with
-the same Sampler walking in Python (Y: what the native core saves), with a
+thread and handing the samples to Python in batches, reading only the threads
+that can have run since their last sample: the GIL's holders), with the same
+Sampler reading every thread every sample (G: what not reading idle threads
+saves), with the same Sampler walking in Python (Y: what the native core saves), with a
 thread that only wakes at that rate (T: the floor
 for any sampler that sleeps between samples), with one that wakes and
 repeats a steady-state sample's ``process_vm_readv`` calls, decoding nothing
-(R: what no decoder could remove; the parts the Python walker reads, which
-the native core reads too), with a control thread that
+(R: the parts the Python walker reads, every thread's; what no decoder
+reading every thread could remove), with a control thread that
 wakes at that rate and burns the rest of the CPU perfd's last window took
 per sample, touching nothing of the target (C), and with ``py-spy record
 --nonblocking`` (S). Each window is compared with the mean of the two B
@@ -101,13 +102,17 @@ class BenchTarget:
 
 
 def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler | None = None, *,
-               walker: str = "auto", paced_in_c: bool = True) -> dict:
+               walker: str = "auto", paced_in_c: bool = True, gil_gated: bool = True) -> dict:
     if sampler is None:
         sampler = Sampler(locate_interpreter(target.proc.pid), rate, walker=walker)
         sampler.paced_in_c = paced_in_c
+        sampler.gil_gated = gil_gated
     sampler.start()
     time.sleep(0.3)  # warm caches
+    reader = sampler.reader
+    assert reader is not None, "the sampler has not opened its reader after 0.3 s"
     start_total, start_failed = sampler.samples_total, sampler.samples_failed
+    start_bytes = reader.bytes_read
     ids = sampler.native_ids()
     c0 = _thread_cpu(sampler)
     t0 = time.monotonic()
@@ -115,6 +120,7 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
     elapsed = time.monotonic() - t0
     c1 = _thread_cpu(sampler)
     total, failed = sampler.samples_total - start_total, sampler.samples_failed - start_failed
+    read = reader.bytes_read - start_bytes
     status = sampler.status()  # its achieved rate is from the samples' own times (they come in batches)
     used = status.walker
     assert sampler.native_ids() == ids, "a sampling thread ended mid-window: its CPU would be lost"
@@ -122,7 +128,8 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
     assert walker in ("auto", used), (walker, used)
     assert len(ids) == (2 if sampler.paced_in_c and used == "native" else 1), ids
     return {"work": work, "walker": used, "achieved": status.achieved_hz, "cpu": 100 * (c1 - c0) / elapsed,
-            "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1)}
+            "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1),
+            "kb_per_sample": read / 1024 / max(total, 1)}
 
 
 def _paced(target: BenchTarget, rate: float, window: float, each: Callable[[], object]) -> dict:
@@ -350,18 +357,18 @@ def main() -> int:
         for name, n_parts, n_bytes, us in read_plans(target):
             print(f"  a sample's reads as {name}: {n_parts} parts, {n_bytes:,} bytes, {us:.1f} µs flat out")
         print()
-        header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
-                  f"{'µs/smp':>7} {'a wakeup per sample':>21} | {'µs/smp':>7} {'perfd, Python walker':>21} | {'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
+        header = (f"{'rate':>6} | {'perfd Hz':>9} {'µs/smp':>7} {'KB/smp':>6} {'CPU %':>6} {'fail %':>6} {'slowdown % (95% CI)':>21} | "
+                  f"{'µs/smp':>7} {'KB/smp':>6} {'every thread read':>21} | {'µs/smp':>7} {'perfd, Python walker':>21} | {'µs/wake':>7} {'timer only':>21} | {'µs/wake':>7} {'reads only':>21} | {'CPU-only control':>21} | {'py-spy CPU %':>12} {'slowdown % (95% CI)':>21} | "
                   f"{'A/A (nothing attached)':>22} {'noise SD %':>10} | {'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
         for rate in rates:
-            base, perfd, pypaced, pywalk, control, timer, reads, spy, idle = ([target.work_rate(args.window)], [], [],
+            base, perfd, everyone, pywalk, control, timer, reads, spy, idle = ([target.work_rate(args.window)], [], [],
                                                                              [], [], [], [], [], [])
             for _ in range(args.repeats):
                 paired(target, args.window, base, {"work": target.work_rate(args.window)}, idle)
                 paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
-                paired(target, args.window, base, with_perfd(target, rate, args.window, paced_in_c=False), pypaced)
+                paired(target, args.window, base, with_perfd(target, rate, args.window, gil_gated=False), everyone)
                 paired(target, args.window, base, with_perfd(target, rate, args.window, walker="python"), pywalk)
                 paired(target, args.window, base, with_cpu_only(target, rate, args.window, 0.0), timer)
                 paired(target, args.window, base, with_reads_only(target, rate, args.window), reads)
@@ -371,11 +378,13 @@ def main() -> int:
                 paired(target, args.window, base, with_pyspy(target, rate, args.window), spy)
             b = statistics.mean(base)
             spread = 100 * (max(base) - min(base)) / b if b else 0.0
-            pm = {k: statistics.mean(r[k] for r in perfd) for k in ("achieved", "us_per_sample", "cpu", "failed")}
+            pm = {k: statistics.mean(r[k] for r in perfd)
+                  for k in ("achieved", "us_per_sample", "kb_per_sample", "cpu", "failed")}
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
-            print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['cpu']:>6.1f} "
+            print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['kb_per_sample']:>6.1f} {pm['cpu']:>6.1f} "
                   f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | "
-                  f"{statistics.mean(r['us_per_sample'] for r in pypaced):>7.0f} {slowdown(pypaced):>21} | "
+                  f"{statistics.mean(r['us_per_sample'] for r in everyone):>7.0f} "
+                  f"{statistics.mean(r['kb_per_sample'] for r in everyone):>6.1f} {slowdown(everyone):>21} | "
                   f"{statistics.mean(r['us_per_sample'] for r in pywalk):>7.0f} {slowdown(pywalk):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in reads):>7.0f} {slowdown(reads):>21} | {slowdown(control):>21} | "

@@ -119,9 +119,12 @@ class _Memo:
 class StackReader:
     """Samples the Python stacks of one interpreter (the main one and subinterpreters)."""
 
-    def __init__(self, interp: Interpreter, mem: ProcessMemory | None = None, *, walker: str = "auto") -> None:
+    def __init__(self, interp: Interpreter, mem: ProcessMemory | None = None, *, walker: str = "auto",
+                 gil_gated: bool = True) -> None:
         """``walker``: "auto" (native when built and reading a live process), "native"
-        (raise ``NativeWalkerUnavailable`` if it cannot be) or "python"."""
+        (raise ``NativeWalkerUnavailable`` if it cannot be) or "python". ``gil_gated``:
+        the native walker does not read threads that have not held the GIL since
+        their last sample (False: every thread, every sample)."""
         self.interp = interp
         self.mem = mem or ProcessMemory(interp.pid)
         self.layout: Layout = layout_for(interp, self.mem)
@@ -154,7 +157,7 @@ class StackReader:
         self.reused_threads = 0  # thread walks skipped because nothing changed
         self.spliced_frames = 0  # frames of changed threads kept from the last sample (not walked again)
         self.reads_last = 0  # syscalls used by the last sample
-        self.bytes_last = 0  # bytes the last sample read (native walker)
+        self.bytes_read = 0  # by the native walker's samples, in all
         self.unread_threads = 0  # threads not read: they had not held the GIL since their last sample
         # The walk in C when it is built and the memory is a live process read by
         # process_vm_readv; else (and if the kernel refuses it later) in Python.
@@ -164,7 +167,7 @@ class StackReader:
             raise native_walk.NativeWalkerUnavailable(
                 native_walk.status().reason or "the native walker does not read this memory")
         holder, switches = L.get("runtime.gil_last_holder"), L.get("runtime.gil_switch_number")
-        if self._native is not None and holder is not None and switches is not None:
+        if gil_gated and self._native is not None and holder is not None and switches is not None:
             self._native.set_gil(interp.runtime_addr + holder, switches - holder)
         self._native_stacks: dict[int, ThreadStack] = {}  # tstate -> its last native sample
         self._loop_gen = 0  # the paced loop's generation this reader's stacks belong to
@@ -290,7 +293,7 @@ class StackReader:
         info, raw, firsts = native_walk.split_words(ls.words, ls.n_threads)
         threads = self._threads_of(info, raw, firsts, set())
         self.reads_last = ls.reads
-        self.bytes_last = ls.bytes_read
+        self.bytes_read += ls.bytes_read
         self.unread_threads += ls.unread
         return Sample(ls.mono_ns, ls.epoch_ns, threads, retried=ls.attempts > 1, read_done_ns=ls.done_ns)
 
@@ -561,7 +564,7 @@ class StackReader:
         info, raw, firsts = nw.result()
         out = self._threads_of(info, raw, firsts, fresh)
         self.reads_last = nw.reads + self.mem.reads - reads0
-        self.bytes_last = nw.bytes_read
+        self.bytes_read += nw.bytes_read
         self.unread_threads += nw.unread
         return out
 

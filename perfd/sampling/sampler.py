@@ -96,6 +96,8 @@ class Sampler:
         # Sample on a C thread (the native walker's paced loop) and take the samples
         # here in batches; False: this thread samples, one wakeup per sample.
         self.paced_in_c = True
+        # Skip reading threads that have not held the GIL since their last sample (native walker)
+        self.gil_gated = True
         self._cpu_done = 0.0  # CPU seconds of C loops that have ended
 
     # -- control ------------------------------------------------------------
@@ -115,6 +117,11 @@ class Sampler:
     def watch_generators(self, addresses: Iterable[int]) -> None:
         """Poll these generator/coroutine objects' state in every sample."""
         self._watched = tuple(addresses)
+
+    @property
+    def reader(self) -> StackReader | None:
+        """The stack reader sampling now (its counters), None while there is none."""
+        return self._reader
 
     @property
     def running(self) -> bool:
@@ -283,7 +290,7 @@ class Sampler:
         if self._reader is None:
             if self._relocate:  # after failures: the target may have exec()ed another binary
                 self.interpreter = locate_interpreter(self.interpreter.pid)
-            self._reader = StackReader(self.interpreter, walker=self.walker)
+            self._reader = StackReader(self.interpreter, walker=self.walker, gil_gated=self.gil_gated)
             self._relocate = False
         return self._reader
 
