@@ -166,3 +166,32 @@ def test_the_loop_thread_is_accounted_and_gone_after_stop_or_exit(spawn) -> None
     # join() returns as the Python thread finishes; the OS thread is gone a moment later
     wait_for(lambda: ids[0] not in _tasks(), timeout=5)
     assert _tasks() <= before
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_threads_that_have_not_held_the_gil_are_not_read(spawn, version: str) -> None:
+    """On a target whose threads mostly sleep (``reader_bench.py``: three
+    sleepers and a sleeping main beside two workers passing the GIL), the loop
+    reads a fraction of what reading every thread costs, and hands on the same
+    stacks (checked against a fresh walk by the stopped-target test above)."""
+    target = spawn("reader_bench.py", version=version)
+    interp = locate_interpreter(target.pid)
+    per_sample = {}
+    for gated in (True, False):
+        reader = StackReader(interp, gil_gated=gated)
+        try:
+            reader.sample()
+            assert reader.start_loop(1000.0, 0.01, None)
+            n, threads, bytes0 = 0, 0, reader.bytes_read
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                for s in reader.loop_samples(0.02):
+                    assert isinstance(s, Sample)
+                    n += 1
+                    threads += len(s.threads)
+            per_sample[gated] = ((reader.bytes_read - bytes0) / n, reader.unread_threads / threads)
+        finally:
+            reader.close()
+    (gated_bytes, unread), (every_bytes, none_unread) = per_sample[True], per_sample[False]
+    assert none_unread == 0 and unread > 0.3, per_sample
+    assert gated_bytes < 0.6 * every_bytes, per_sample

@@ -9,11 +9,11 @@
  *
  * Why C: in Python the same walk and checks cost ~3/4 of a sample's CPU;
  * here they cost a few microseconds, so a sample costs about its reads.
-
-And the reads are mostly avoided: a thread runs Python only while it holds
-the GIL, so a thread that cannot have taken it since the last sample has the
-same stack, and is not read at all. The GIL's holder and its count of
-hand-overs, read first in each sample, say which threads those are.
+ *
+ * And most reads are left out: a thread runs Python only while it holds the
+ * GIL, so a thread that cannot have taken it since its last sample has the
+ * same stack and is not read at all. The GIL's holder and its count of
+ * hand-overs, read first in each sample, say which threads those are.
  *
  * Everything read is untrusted: the target runs on while we read it, and a
  * pointer may be garbage. Every offset into a buffer is bounds-checked; every
