@@ -64,7 +64,8 @@ class _Slot(ctypes.Structure):
         ("mono_ns", ctypes.c_int64), ("epoch_ns", ctypes.c_int64), ("done_ns", ctypes.c_int64),
         ("rc", ctypes.c_int32), ("attempts", ctypes.c_int32), ("gen", ctypes.c_uint64),
         ("n_threads", ctypes.c_uint64), ("n_words", ctypes.c_uint64), ("reads", ctypes.c_uint64),
-        ("bytes", ctypes.c_uint64), ("unread", ctypes.c_uint64), ("words", ctypes.c_void_p), ("cap_words", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
+        ("bytes", ctypes.c_uint64), ("unread", ctypes.c_uint64),
+        ("words", ctypes.c_void_p), ("cap_words", ctypes.c_uint64), ("msg", ctypes.c_char * 200),
     ]
 
 
