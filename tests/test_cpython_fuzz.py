@@ -53,9 +53,8 @@ class RandomMemory:
 
     def read_many(self, parts: list[tuple[int, int]]) -> list[bytes | None]:
         out: list[bytes | None] = []
-        failed = False
         for addr, size in parts:
-            failed = failed or not 0 < addr < 1 << 63 or self.rng.random() < 0.01
+            failed = not 0 < addr < 1 << 63 or self.rng.random() < 0.01
             out.append(None if failed else self._bytes(size))
         return out
 

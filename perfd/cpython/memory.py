@@ -78,10 +78,12 @@ class ProcessMemory:
         raise MemoryReadError(f"short read at {addr:#x}: {n} of {size} bytes")
 
     def read_many(self, parts: list[tuple[int, int]]) -> list[bytes | None]:
-        """Read several parts in as few syscalls as possible.
+        """Read several parts in as few syscalls as possible; an unreadable part
+        comes back as None.
 
-        The kernel stops at the first unreadable part, so callers order parts
-        from stable to speculative; parts after a failure come back as None.
+        The kernel stops a call at the first unreadable part: the parts after it
+        are read by another call, so one bad pointer (a torn read's garbage) costs
+        a syscall, never the good parts read with it.
         """
         out: list[bytes | None] = [None] * len(parts)
         if self._use_proc_mem:
@@ -92,22 +94,31 @@ class ProcessMemory:
                     pass
             return out
         for start in range(0, len(parts), IOV_MAX):
-            chunk = parts[start : start + IOV_MAX]
-            if not self._read_chunk(chunk, out, start):
-                break
+            chunk, base, keep = parts[start : start + IOV_MAX], start, True
+            while chunk:
+                failed = self._read_chunk(chunk, out, base, keep)
+                if failed is None:
+                    break
+                chunk, base, keep = chunk[failed + 1:], base + failed + 1, False  # go on after it
         return out
 
-    def _read_chunk(self, chunk: list[tuple[int, int]], out: list[bytes | None], base: int) -> bool:
+    def _read_chunk(self, chunk: list[tuple[int, int]], out: list[bytes | None], base: int,
+                    keep: bool = True) -> int | None:
+        """Reads ``chunk`` into ``out[base:]`` with one call; returns the index in
+        ``chunk`` of the part the kernel stopped at, None when every part was read.
+        ``keep``: cache the iovecs (a sampler reads the same parts sample after sample)."""
         # per thread: a reader may be shared, and the plan's buffer is filled in place
         key = (threading.get_ident(), base, len(chunk))
-        plan = self._plans.get(key)
+        plan = self._plans.get(key) if keep else None
         if plan is None or plan[0] != chunk:
-            if len(self._plans) > 64:
-                self._plans.clear()
-            plan = self._plans[key] = (chunk, *self._plan(chunk))
+            plan = (chunk, *self._plan(chunk))
+            if keep:
+                if len(self._plans) > 64:
+                    self._plans.clear()
+                self._plans[key] = plan
         _chunk, valid, buf, local, remote = plan
         if not valid:
-            return True
+            return None
         self.reads += 1
         n = _process_vm_readv(self.pid, local, len(valid), remote, len(valid), 0)
         if n < 0:
@@ -118,10 +129,10 @@ class ProcessMemory:
         off = 0
         for i, _, size in valid:
             if off + size > n:
-                return False
+                return i
             out[base + i] = buf[off : off + size]  # a copy of this part only (not the whole buffer first)
             off += size
-        return True
+        return None
 
     @staticmethod
     def _plan(chunk: list[tuple[int, int]]) -> tuple[list[tuple[int, int, int]], ctypes.Array, ctypes.Array, ctypes.Array]:
