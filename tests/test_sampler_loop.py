@@ -195,3 +195,26 @@ def test_threads_that_have_not_held_the_gil_are_not_read(spawn, version: str) ->
     (gated_bytes, unread), (every_bytes, none_unread) = per_sample[True], per_sample[False]
     assert none_unread == 0 and unread > 0.3, per_sample
     assert gated_bytes < 0.6 * every_bytes, per_sample
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_a_subinterpreter_with_a_gil_of_its_own_has_every_thread_read(spawn, version: str) -> None:
+    """A subinterpreter's thread runs under its own GIL, never the main one's:
+    with more than one interpreter no thread is left unread, and the
+    subinterpreter thread's stack is seen moving (``left`` and ``right``)."""
+    target = spawn("subinterp.py", version=version)
+    reader = StackReader(locate_interpreter(target.pid))
+    seen: set[str] = set()
+    try:
+        wait_for(lambda: any(f.qualname in ("left", "right") for t in reader.sample().threads for f in t.frames),
+                 timeout=10)
+        assert reader.start_loop(500.0, 0.01, None)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            for s in reader.loop_samples(0.02):
+                assert isinstance(s, Sample)
+                seen.update(t.frames[0].qualname for t in s.threads if t.frames)
+    finally:
+        reader.close()
+    assert {"left", "right"} <= seen, seen
+    assert reader.unread_threads == 0
