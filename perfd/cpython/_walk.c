@@ -43,7 +43,8 @@
 #define CHUNK_MAX (1u << 20)
 #define MAX_PLAN 32
 #define HEAD_MAX 256
-#define HEAP_KEEP 256 /* per thread */
+#define HEAP_KEEP 64 /* coroutine frames kept per thread, to read with its chunks */
+#define HEAP_AGE 64 /* ... until it has been walked this many times without them */
 #define CODES_MAX 65536
 #define LAST_CODES_MAX 8192
 #define CHUNK_SIZES_MAX 4096
@@ -167,6 +168,7 @@ static void map_free(map_t *m) { free(m->keys); free(m->vals); memset(m, 0, size
 typedef struct { uint64_t addr, len; int64_t off; } part_t; /* off: into the arena, -1 = unread */
 typedef struct { uint64_t addr, code, instr, owner; } raw_t;
 typedef struct { int64_t off; uint64_t addr; } step_t; /* a walked frame: where its header is in the arena */
+typedef struct { uint64_t addr, seen; } heap_t; /* a coroutine frame a thread went through, and at which walk */
 
 typedef struct {
     /* kept between samples */
@@ -180,8 +182,11 @@ typedef struct {
     uint64_t prev_tid, prev_ntid; /* a thread state's memory may serve a new thread */
     int prev_clean; /* the last sample of it was neither suspect nor dropped */
     int had_stack; /* -1 unknown */
-    uint64_t *heap_prev; /* frames outside its chunks (coroutines') its last walk went through */
+    /* frames outside its chunks (coroutines') its recent walks went through: the loop
+       thread runs one task's chain, then another's, and back */
+    heap_t *heap_prev;
     size_t n_heap_prev, cap_heap_prev;
+    uint64_t walks;
     /* this sample */
     int64_t tbuf;
     uint64_t tid, ntid, next_frame;
@@ -189,6 +194,8 @@ typedef struct {
     part_t rng[MAX_PLAN];
     step_t *walk; /* the walked frames, innermost first */
     size_t n_walk, cap_walk;
+    uint64_t *heap_walk; /* of those, the ones outside its chunks */
+    size_t n_heap_walk, cap_heap_walk;
     raw_t *out;
     size_t n_out, cap_out;
     uint64_t *first; /* localsplus[0] of each frame in out, this sample's (not compared) */
@@ -359,6 +366,7 @@ static void thread_free(thread_t *t) {
     free(t->out);
     free(t->first);
     free(t->heap_prev);
+    free(t->heap_walk);
 }
 
 void pw_free(pw_t *w) {
@@ -521,13 +529,32 @@ static int advance(pw_t *w, thread_t *t) {
         }
         step_t s = {off, addr};
         VEC_PUSH(t->walk, t->n_walk, t->cap_walk, s);
-        if (heap && t->n_heap_prev < HEAP_KEEP) /* read with its chunks next time it is read */
-            VEC_PUSH(t->heap_prev, t->n_heap_prev, t->cap_heap_prev, addr);
+        if (heap) VEC_PUSH(t->heap_walk, t->n_heap_walk, t->cap_heap_walk, addr);
         if (t->n_walk > MAX_DEPTH) { t->suspect = 1; break; }
         addr = u64_at(w, off, w->L.frame_previous);
     }
     t->next_frame = 0;
     t->done = 1;
+    return 0;
+}
+
+/* After a walk: the coroutine frames it went through are fresh, the ones it did
+   not go through for HEAP_AGE walks are dropped. */
+static int remember_heap(thread_t *t) {
+    for (size_t k = 0; k < t->n_heap_walk; k++) {
+        size_t j = 0;
+        while (j < t->n_heap_prev && t->heap_prev[j].addr != t->heap_walk[k]) j++;
+        if (j < t->n_heap_prev) {
+            t->heap_prev[j].seen = t->walks;
+        } else if (t->n_heap_prev < HEAP_KEEP) {
+            heap_t h = {t->heap_walk[k], t->walks};
+            VEC_PUSH(t->heap_prev, t->n_heap_prev, t->cap_heap_prev, h);
+        }
+    }
+    size_t kept = 0;
+    for (size_t j = 0; j < t->n_heap_prev; j++)
+        if (t->walks - t->heap_prev[j].seen < HEAP_AGE) t->heap_prev[kept++] = t->heap_prev[j];
+    t->n_heap_prev = kept;
     return 0;
 }
 
@@ -611,8 +638,8 @@ int pw_walk(pw_t *w, int lenient) {
     w->gil_switch_now = gil >= 0 ? u64_at(w, gil, w->gil_switch_off) : 0;
 
     /* 3. a second read: the frames of each thread that may have run (its chunks as
-       its state now says, its C frame, its coroutine frames of last time), code
-       object headers of last sample */
+       its state now says, its C frame, the coroutine frames its recent walks went
+       through), code object headers of last sample */
     size_t at_more = w->n_parts;
     int64_t chunks_of[MAX_THREADS]; /* thread -> its first chunk part, -1 none */
     int64_t cframe_of[MAX_THREADS];
@@ -654,7 +681,7 @@ int pw_walk(pw_t *w, int lenient) {
         thread_t *t = &w->threads[i];
         if (!t->unread)
             for (size_t k = 0; k < t->n_heap_prev; k++)
-                if ((rc = push_part(w, t->heap_prev[k], FRAME_READ))) return rc;
+                if ((rc = push_part(w, t->heap_prev[k].addr, FRAME_READ))) return rc;
     }
     size_t at_codes = w->n_parts;
     for (size_t i = 0; i < w->n_codes_last; i++)
@@ -663,7 +690,8 @@ int pw_walk(pw_t *w, int lenient) {
     for (size_t i = 0; i < w->n_threads; i++) {
         thread_t *t = &w->threads[i];
         if (t->unread) continue;
-        t->n_heap_prev = 0; /* rebuilt by this walk */
+        t->n_heap_walk = 0;
+        t->walks++;
         if (chunks_of[i] >= 0) {
             t->n_rng = t->n_plan;
             for (int k = 0; k < t->n_plan; k++) t->rng[k] = w->parts[chunks_of[i] + k];
@@ -712,6 +740,9 @@ int pw_walk(pw_t *w, int lenient) {
             map_put(&w->heap, w->parts[k].addr, w->parts[k].off);
         }
     }
+
+    for (size_t i = 0; i < w->n_threads; i++)
+        if (!w->threads[i].unread && (rc = remember_heap(&w->threads[i]))) return rc;
 
     /* 5. code objects: header of each, as read now */
     for (size_t i = at_codes; i < at_codes + w->n_codes_last; i++)
