@@ -209,7 +209,8 @@ def generate(include_dir: Path, minor: str) -> dict[str, int]:
     fields = [(k, e) for k, e, vs in FIELDS if vs is None or minor in vs]
     if minor in DEBUG_VERSIONS:
         fields += [(f"debug:{k}", f"{O}(_Py_DebugOffsets, {f})") for k, f in DEBUG_FIELDS.items()]
-        fields += [("debug:version", f"{O}(_Py_DebugOffsets, version)"), ("debug:size", "sizeof(_Py_DebugOffsets)")]
+        fields += [("debug:version", f"{O}(_Py_DebugOffsets, version)"), ("debug:size", "sizeof(_Py_DebugOffsets)"),
+                   ("debug:free_threaded", f"{O}(_Py_DebugOffsets, free_threaded)")]
     lines = ["#define Py_BUILD_CORE 1", "#define NDEBUG 1"] + [f'#include "{h}"' for h in HEADERS]
     lines += ["#include <stdio.h>", "#include <stddef.h>", "#define P ((PyObject *)0x10000)", "int main(void) {"]
     lines += [f'    printf("%s %lld\\n", "{k}", (long long)({e}));' for k, e in fields]

@@ -77,6 +77,7 @@ def _apply_debug_offsets(offsets: dict[str, int], where: dict[str, int], interp:
                          mem: ProcessMemory) -> list[str]:
     size = where.pop("size")
     version_at = where.pop("version")
+    free_threaded_at = where.pop("free_threaded", None)
     try:
         raw = mem.read(interp.runtime_addr, size)
     except MemoryReadError:
@@ -86,6 +87,10 @@ def _apply_debug_offsets(offsets: dict[str, int], where: dict[str, int], interp:
     (version,) = struct.unpack_from("<Q", raw, version_at)
     if (version >> 16) != ((interp.version.major << 8) | interp.version.minor):
         return []  # a struct from another minor: its field order is not ours
+    if free_threaded_at is not None and struct.unpack_from("<Q", raw, free_threaded_at)[0]:
+        # no GIL, other object headers: nothing of this reader's holds there
+        raise UnsupportedPython(f"PID {interp.pid} runs a free-threaded CPython {interp.version} (no GIL); "
+                                "perfd reads the default (GIL) builds only")
     used = []
     for key, at in where.items():
         (value,) = struct.unpack_from("<Q", raw, at)
