@@ -389,3 +389,116 @@ def test_native_walker_on_random_memory_under_sanitizers(tmp_path: Path) -> None
     assert "runtime error" not in out.stderr and "AddressSanitizer" not in out.stderr, out.stderr[-3000:]
     assert out.stdout.count("frames") == 6 and out.stdout.count("loop_ok") == 3, out.stdout
     assert out.stdout.count("unread") == 6, out.stdout  # the GIL-gated path ran under the sanitizers too
+
+
+class _GilWorld:
+    """Three threads with planted frame chains and a GIL, in perfd's own memory,
+    whose holder, hand-over count and frames a test sets by hand."""
+
+    def __init__(self, version: str) -> None:
+        self.layout = L = generated_layout(version)
+        self.buf = ctypes.create_string_buffer(1 << 16)
+        self._next = ctypes.addressof(self.buf)
+        self.interp = self._alloc(L.interp_threads_head + 8)
+        self.gil = self._alloc(24)
+        self.code = self._alloc(L.code_code_adaptive + 256)
+        self.tstates = [self._alloc(L.tstate_size) for _ in range(3)]
+        self.put(self.interp + L.interp_threads_head, self.tstates[0])
+        for k, (t, nxt) in enumerate(zip(self.tstates, self.tstates[1:] + [0])):
+            self.put(t + L.tstate_next, nxt)
+            self.put(t + L.tstate_thread_id, 1000 + k)
+            self.put(t + L.tstate_native_thread_id, 2000 + k)
+        self.frames = {t: [self._alloc(96) for _ in range(3)] for t in self.tstates}
+        cstack = L.get("frame.owner_cstack", -1)
+        for i, (t, frames) in enumerate(self.frames.items()):
+            for k, f in enumerate(frames):
+                last = k == len(frames) - 1
+                self.put(f + L.frame_previous, 0 if last else frames[k + 1])
+                self.put(f + L.frame_code, self.code)
+                self.put(f + L.frame_owner, cstack if last and cstack >= 0 else 0, 1)
+                if L.get("frame.is_entry") is not None:
+                    self.put(f + L.frame_is_entry, int(last), 1)
+                self.step(i, k, 0)
+            if L.get("tstate.current_frame") is not None:
+                self.put(t + L.tstate_current_frame, frames[0])
+            else:
+                cframe = self._alloc(16)
+                self.put(t + L.tstate_cframe, cframe)
+                self.put(cframe + L.cframe_current_frame, frames[0])
+        self.nw = native_walk.NativeWalk.create(os.getpid(), L)
+        assert self.nw is not None
+        self.nw.set_gil(self.gil, 16)
+        self.nw.set_threads([self.interp], self.tstates)
+
+    def _alloc(self, n: int) -> int:
+        at, self._next = self._next, self._next + (n + 15) // 16 * 16
+        assert self._next <= ctypes.addressof(self.buf) + len(self.buf)
+        return at
+
+    @staticmethod
+    def put(addr: int, value: int, size: int = 8) -> None:
+        ctypes.memmove(addr, value.to_bytes(size, "little"), size)
+
+    def step(self, thread: int, depth: int, k: int) -> None:
+        """The frame at ``depth`` of thread ``thread`` (0, 1, 2) is at instruction ``k``."""
+        t = self.tstates[thread]
+        self.put(self.frames[t][depth] + self.layout.frame_instr, self.code + self.layout.code_code_adaptive + 2 * k)
+
+    def hand_over(self, holder: int, switches: int) -> None:
+        self.put(self.gil, self.tstates[holder])
+        self.put(self.gil + 16, switches)
+
+    def sample(self) -> dict[int, int | None]:
+        """Each thread's innermost instruction as sent this sample (None: as last sample)."""
+        nw = self.nw
+        rc = nw.sample(False)
+        if rc == native_walk.NEED_CODES:
+            for addr, head in nw.needed_codes():
+                nw.set_code(addr, head, 1, 0)
+            rc = nw.decode(False)
+        assert rc == native_walk.OK, (rc, nw.message)
+        info, raw, _ = nw.result()
+        out, pos = {}, 0
+        for k in range(0, len(info), 6):
+            tstate, _, _, flags, _n, new = info[k:k + 6]
+            out[self.tstates.index(tstate)] = raw[pos + 2] if new and not flags & native_walk.SAME else None
+            pos += 4 * new
+        return out
+
+
+@pytest.mark.parametrize("version", TARGET_VERSIONS)
+def test_the_gil_decides_which_threads_are_read(version: str) -> None:
+    """The rule, step by step, on planted memory: a thread is left unread only
+    when the GIL's holder and count say it cannot have run since its last sample."""
+    w = _GilWorld(version)
+    at = w.code + w.layout.code_code_adaptive
+    w.hand_over(0, 10)
+    w.sample()
+    assert w.nw.unread == 0  # no earlier GIL reading to compare with
+    w.sample()
+    assert w.nw.unread == 2  # the GIL stayed with thread 0: 1 and 2 cannot have run
+    w.step(1, 0, 5)  # memory that changes without its thread holding the GIL ...
+    assert w.sample()[1] is None and w.nw.unread == 2  # ... is not read: the GIL says it did not run
+    w.hand_over(1, 11)  # one hand-over, 0 -> 1: both may have run
+    got = w.sample()
+    assert w.nw.unread == 1 and got[1] == at + 10
+    w.step(2, 0, 7)
+    w.hand_over(2, 13)  # two hand-overs: anyone may have held it in between
+    got = w.sample()
+    assert w.nw.unread == 0 and got[2] == at + 14
+    w.hand_over(2, 14)  # a count without a change of holder: read mid-write
+    w.sample()
+    assert w.nw.unread == 0
+    w.hand_over(0, 14)  # a change of holder without a count: likewise
+    w.sample()
+    assert w.nw.unread == 0
+    w.sample()
+    assert w.nw.unread == 2
+    w.nw.forget()  # after a torn sample nothing is trusted
+    w.sample()
+    assert w.nw.unread == 0
+    w.nw.set_gil(0, 0)  # no GIL known: every thread, every sample
+    w.sample()
+    w.sample()
+    assert w.nw.unread == 0
+    w.nw.close()
