@@ -169,6 +169,7 @@ typedef struct { uint64_t addr, len; int64_t off; } part_t; /* off: into the are
 typedef struct { uint64_t addr, code, instr, owner; } raw_t;
 typedef struct { int64_t off; uint64_t addr; } step_t; /* a walked frame: where its header is in the arena */
 typedef struct { uint64_t addr, seen; } heap_t; /* a coroutine frame a thread went through, and at which walk */
+typedef struct { int ok; uint64_t holder, switches; } gil_t; /* the main GIL's two words; ok: they were read */
 
 typedef struct {
     /* kept between samples */
@@ -235,10 +236,8 @@ typedef struct {
     /* the main GIL: its holder (a thread state) and switch count, read with every sample */
     uint64_t gil_addr; /* of the holder field; 0: unknown, every thread is read */
     int64_t gil_switch_off; /* the switch count, from the holder field */
-    int gil_known; /* holder and count as of the last decoded sample: */
-    uint64_t gil_holder, gil_switch;
-    int gil_now; /* and this sample's */
-    uint64_t gil_holder_now, gil_switch_now;
+    gil_t gil_base; /* as of the last decoded sample, whose stacks stand as of it */
+    gil_t gil_now; /* this sample's */
     uint64_t *codes_last;
     size_t n_codes_last, cap_codes_last;
     uint64_t *missing;
@@ -398,7 +397,7 @@ int pw_set_gil(pw_t *w, uint64_t holder_addr, int64_t switch_off) {
     if (holder_addr && (switch_off < 8 || switch_off > 256)) return -EINVAL;
     w->gil_addr = holder_addr;
     w->gil_switch_off = switch_off;
-    w->gil_known = 0;
+    w->gil_base.ok = 0;
     return 0;
 }
 
@@ -439,7 +438,7 @@ void pw_forget(pw_t *w) {
         t->prev_clean = 0; /* Python starts afresh too: no FLAG_SAME until a clean sample */
         t->n_heap_prev = 0;
     }
-    w->gil_known = 0;
+    w->gil_base.ok = 0;
     w->n_codes_last = 0;
     w->walked = 0;
 }
@@ -459,15 +458,15 @@ static uint64_t chunk_size(pw_t *w, uint64_t chunk, int *err) {
     return size;
 }
 
-/* Parts to read for a thread's frames: the used part of its current chunk
-   (+ slack for frames pushed by the next sample) and of every earlier chunk.
-   Returns 1 when the plan had to be rebuilt (the thread switched chunks). */
-static int plan_chunks(pw_t *w, thread_t *t, uint64_t chunk, uint64_t top, int *err) {
+/* Parts to read for a thread's frames: the used part of its current chunk (+ slack
+   for frames pushed since its state was read) and of every earlier chunk. Returns 0,
+   or -errno when the target cannot be read at all. */
+static int plan_chunks(pw_t *w, thread_t *t, uint64_t chunk, uint64_t top) {
     const pw_layout *L = &w->L;
-    *err = 0;
+    int err = 0;
     if (!chunk || top <= chunk) { t->n_plan = 0; return 0; }
-    uint64_t size = chunk_size(w, chunk, err);
-    if (*err || !size) { t->n_plan = 0; return 0; }
+    uint64_t size = chunk_size(w, chunk, &err);
+    if (err || !size) { t->n_plan = 0; return err; }
     uint64_t want = top - chunk + CHUNK_SLACK;
     if (want > size) want = size;
     if (want > CHUNK_MAX) want = CHUNK_MAX;
@@ -479,12 +478,10 @@ static int plan_chunks(pw_t *w, thread_t *t, uint64_t chunk, uint64_t top, int *
     t->plan_addr[0] = chunk;
     t->plan_len[0] = want;
     int64_t off;
-    *err = read_one(w, chunk, (uint64_t)L->chunk_data, &off);
-    if (*err || off < 0) return 1;
+    if ((err = read_one(w, chunk, (uint64_t)L->chunk_data, &off)) || off < 0) return err;
     uint64_t prev = u64_at(w, off, L->chunk_previous);
     while (prev && t->n_plan < MAX_PLAN) {
-        *err = read_one(w, prev, (uint64_t)L->chunk_data, &off);
-        if (*err || off < 0) break;
+        if ((err = read_one(w, prev, (uint64_t)L->chunk_data, &off)) || off < 0) break;
         uint64_t used = u64_at(w, off, L->chunk_top); /* in PyObject* units, saved on the switch */
         uint64_t csize = u64_at(w, off, L->chunk_size);
         if (used > CHUNK_MAX * 8ull) break;
@@ -495,7 +492,7 @@ static int plan_chunks(pw_t *w, thread_t *t, uint64_t chunk, uint64_t top, int *
         t->n_plan++;
         prev = u64_at(w, off, L->chunk_previous);
     }
-    return 1;
+    return err;
 }
 
 /* Arena offset of frame `addr`'s header, if this sample holds it; *heap: it is
@@ -583,11 +580,11 @@ static int thread_list_matches(pw_t *w, const int64_t *heads) {
    other: a pair that disagrees (a holder change without a count, or a count
    without one) means "maybe", and so does anything unknown. */
 static int may_have_run(const pw_t *w, const thread_t *t) {
-    if (!w->gil_known || !w->gil_now || !t->prev_clean) return 1;
-    uint64_t changes = w->gil_switch_now - w->gil_switch;
-    if (changes == 0 && w->gil_holder_now == w->gil_holder) return t->tstate == w->gil_holder;
-    if (changes == 1 && w->gil_holder_now != w->gil_holder)
-        return t->tstate == w->gil_holder || t->tstate == w->gil_holder_now;
+    const gil_t *then = &w->gil_base, *now = &w->gil_now;
+    if (!then->ok || !now->ok || !t->prev_clean) return 1;
+    uint64_t changes = now->switches - then->switches;
+    if (changes == 0 && now->holder == then->holder) return t->tstate == then->holder;
+    if (changes == 1 && now->holder != then->holder) return t->tstate == then->holder || t->tstate == now->holder;
     return 1;
 }
 
@@ -633,9 +630,7 @@ int pw_walk(pw_t *w, int lenient) {
     }
     if (!thread_list_matches(w, heads)) return PW_RELIST;
     int64_t gil = with_gil ? w->parts[at_gil].off : -1;
-    w->gil_now = gil >= 0;
-    w->gil_holder_now = gil >= 0 ? u64_at(w, gil, 0) : 0;
-    w->gil_switch_now = gil >= 0 ? u64_at(w, gil, w->gil_switch_off) : 0;
+    w->gil_now = gil < 0 ? (gil_t){0, 0, 0} : (gil_t){1, u64_at(w, gil, 0), u64_at(w, gil, w->gil_switch_off)};
 
     /* 3. a second read: the frames of each thread that may have run (its chunks as
        its state now says, its C frame, the coroutine frames its recent walks went
@@ -660,9 +655,7 @@ int pw_walk(pw_t *w, int lenient) {
         }
         uint64_t chunk = u64_at(w, t->tbuf, L->tstate_datastack_chunk);
         uint64_t top = u64_at(w, t->tbuf, L->tstate_datastack_top);
-        int err;
-        plan_chunks(w, t, chunk, top, &err);
-        if (err) return err;
+        if ((rc = plan_chunks(w, t, chunk, top))) return rc;
         chunks_of[i] = (int64_t)w->n_parts;
         for (int k = 0; k < t->n_plan; k++)
             if ((rc = push_part(w, t->plan_addr[k], t->plan_len[k]))) return rc;
@@ -972,9 +965,7 @@ int pw_decode(pw_t *w, int lenient) {
         else if (t->had_stack < 0) t->had_stack = 1;
     }
     /* the stacks stand as of this sample's GIL read (every thread read after it or unread) */
-    w->gil_known = w->gil_now;
-    w->gil_holder = w->gil_holder_now;
-    w->gil_switch = w->gil_switch_now;
+    w->gil_base = w->gil_now;
     w->res.n_threads = w->n_threads;
     w->res.n_words = words;
     w->res.words = w->words;
