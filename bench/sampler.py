@@ -102,10 +102,9 @@ class BenchTarget:
 
 
 def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler | None = None, *,
-               walker: str = "auto", paced_in_c: bool = True, gil_gated: bool = True) -> dict:
+               walker: str = "auto", gil_gated: bool = True) -> dict:
     if sampler is None:
         sampler = Sampler(locate_interpreter(target.proc.pid), rate, walker=walker)
-        sampler.paced_in_c = paced_in_c
         sampler.gil_gated = gil_gated
     sampler.start()
     time.sleep(0.3)  # warm caches

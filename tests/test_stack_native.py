@@ -302,26 +302,33 @@ def _plant_chains(rng: random.Random, layout, base: int, tstates: list[int]) -> 
         return base + rng.randrange(0, _WORLD - size) // 8 * 8
 
     codes = [spot(layout.code_qualname + 8) for _ in range(3)]
-    cstack = layout.get("frame.owner_cstack", -1)
     for t in tstates:
-        frames = [spot(80) for _ in range(rng.randrange(1, 12))]
-        for k, f in enumerate(frames):
-            last = k == len(frames) - 1
-            put(f + layout.frame_previous, 0 if last else frames[k + 1])
-            code = rng.choice(codes)
-            put(f + layout.frame_code, code)
-            put(f + layout.frame_instr, code + layout.code_code_adaptive + 2 * rng.randrange(0, 40))
-            put(f + layout.frame_owner, cstack if last and cstack >= 0 else rng.choice((0, 0, 0, 1)), 1)
-            if layout.get("frame.is_entry") is not None:
-                put(f + layout.frame_is_entry, int(last), 1)
-        if layout.get("tstate.current_frame") is not None:
-            put(t + layout.tstate_current_frame, frames[0])
-        else:
-            cframe = spot(16)
-            put(t + layout.tstate_cframe, cframe)
-            put(cframe + layout.cframe_current_frame, frames[0])
+        frames = [(spot(80), rng.choice(codes), rng.randrange(0, 40), rng.choice((0, 0, 0, 1)))
+                  for _ in range(rng.randrange(1, 12))]
+        _plant_chain(put, layout, t, frames, spot(16))
     for _ in range(rng.randrange(0, 4)):
         put(spot(8), rng.randrange(0, 1 << 64))
+
+
+def _plant_chain(put, layout, tstate: int, frames: list[tuple[int, int, int, int]], cframe: int) -> None:
+    """Thread ``tstate``'s frame chain: ``frames`` innermost first, each (address,
+    code object, instruction index, owner); the outermost is the entry frame (owned
+    by the C stack where the version has that owner, else flagged ``is_entry``). The
+    thread's current frame is the first, through ``cframe`` (16 bytes) on 3.11/3.12."""
+    cstack = layout.get("frame.owner_cstack", -1)
+    for k, (f, code, step, owner) in enumerate(frames):
+        last = k == len(frames) - 1
+        put(f + layout.frame_previous, 0 if last else frames[k + 1][0])
+        put(f + layout.frame_code, code)
+        put(f + layout.frame_instr, code + layout.code_code_adaptive + 2 * step)
+        put(f + layout.frame_owner, cstack if last and cstack >= 0 else owner, 1)
+        if layout.get("frame.is_entry") is not None:
+            put(f + layout.frame_is_entry, int(last), 1)
+    if layout.get("tstate.current_frame") is not None:
+        put(tstate + layout.tstate_current_frame, frames[0][0])
+    else:
+        put(tstate + layout.tstate_cframe, cframe)
+        put(cframe + layout.cframe_current_frame, frames[0][0])
 
 
 def _in_child(call: str) -> dict[str, int]:
@@ -409,22 +416,8 @@ class _GilWorld:
             self.put(t + L.tstate_thread_id, 1000 + k)
             self.put(t + L.tstate_native_thread_id, 2000 + k)
         self.frames = {t: [self._alloc(96) for _ in range(3)] for t in self.tstates}
-        cstack = L.get("frame.owner_cstack", -1)
-        for i, (t, frames) in enumerate(self.frames.items()):
-            for k, f in enumerate(frames):
-                last = k == len(frames) - 1
-                self.put(f + L.frame_previous, 0 if last else frames[k + 1])
-                self.put(f + L.frame_code, self.code)
-                self.put(f + L.frame_owner, cstack if last and cstack >= 0 else 0, 1)
-                if L.get("frame.is_entry") is not None:
-                    self.put(f + L.frame_is_entry, int(last), 1)
-                self.step(i, k, 0)
-            if L.get("tstate.current_frame") is not None:
-                self.put(t + L.tstate_current_frame, frames[0])
-            else:
-                cframe = self._alloc(16)
-                self.put(t + L.tstate_cframe, cframe)
-                self.put(cframe + L.cframe_current_frame, frames[0])
+        for t, frames in self.frames.items():
+            _plant_chain(self.put, L, t, [(f, self.code, 0, 0) for f in frames], self._alloc(16))
         self.nw = native_walk.NativeWalk.create(os.getpid(), L)
         assert self.nw is not None
         self.nw.set_gil(self.gil, 16)
