@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sampler import slowdown  # noqa: E402 - the paired-ratio CI, shared with bench/sampler.py
+from sampler import close, slowdown  # noqa: E402 - the window pairing and its CI, shared with bench/sampler.py
 
 from perfd.demo.launcher import Demo, DemoSpec, free_port  # noqa: E402
 from perfd.engine import AttachOptions, Engine  # noqa: E402
@@ -94,15 +94,7 @@ def window(demo: Demo, seconds: float, options: AttachOptions | None) -> dict:
 
 def paired(demo: Demo, seconds: float, base: list[dict], row: dict, into: list[dict]) -> None:
     """Follow a P window with a B one; the row keeps the B windows on either side."""
-    after = window(demo, seconds, None)
-    for key in ("work", "nodes_work"):
-        row.setdefault("bases", {})[key] = (base[-1][key], after[key])
-    base.append(after)
-    into.append(row)
-
-
-def slowdown_of(rows: list[dict], key: str) -> str:
-    return slowdown([{"work": r[key], "base": r["bases"][key]} for r in rows])
+    close(row, base, window(demo, seconds, None), into)
 
 
 def main() -> int:
@@ -132,7 +124,7 @@ def main() -> int:
                 paired(demo, seconds, base, window(demo, seconds, options), rows)
             frames_ms = [1.0 / b["work"] for b in base]
             print(f"{rate:>6.0f} | {statistics.mean(r['achieved'] for r in rows):>9.1f} | "
-                  f"{slowdown_of(rows, 'work'):>26} | {slowdown_of(rows, 'nodes_work'):>30} | "
+                  f"{slowdown(rows, 'work'):>26} | {slowdown(rows, 'nodes_work'):>30} | "
                   f"{min(frames_ms):>9.1f}-{max(frames_ms):<11.1f} | "
                   f"{statistics.mean(r['sampler_cpu'] for r in rows):>13.1f} "
                   f"{statistics.mean(r['tracker_cpu'] for r in rows):>7.1f} "

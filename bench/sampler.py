@@ -85,16 +85,38 @@ class BenchTarget:
             _, t, n = line.split()
             self.lines.put((float(t), int(n)))
 
-    def work_rate(self, seconds: float) -> float:
-        """Work units per second over the next ``seconds``."""
+    def measure(self, seconds: float) -> dict:
+        """The next ``seconds``: work units per second (``work``), the CPU its threads
+        got in cores (``target_cpu``) and their time waiting for a CPU in ms per second
+        (``run_wait``). The work rate moves with the host's speed (±10-20% from one
+        second to the next on a shared host); the CPU the guest's scheduler gives the
+        target does not, so a sampler that takes CPU the target wanted shows there."""
         while not self.lines.empty():
             self.lines.get_nowait()
         t0, n0 = self.lines.get(timeout=5)
+        s0 = self.schedstat()
         deadline = time.monotonic() + seconds
         t1, n1 = t0, n0
         while time.monotonic() < deadline:
             t1, n1 = self.lines.get(timeout=5)
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        s1 = self.schedstat()
+        span = t1 - t0
+        if span <= 0:
+            return {"work": 0.0, "target_cpu": 0.0, "run_wait": 0.0}
+        return {"work": (n1 - n0) / span, "target_cpu": (s1[0] - s0[0]) / 1e9 / span,
+                "run_wait": (s1[1] - s0[1]) / 1e6 / span}
+
+    def schedstat(self) -> tuple[int, int]:
+        """ns on a CPU and ns runnable but waiting for one, summed over the target's threads."""
+        run = wait = 0
+        task = Path(f"/proc/{self.proc.pid}/task")
+        for tid in os.listdir(task):
+            try:
+                fields = (task / tid / "schedstat").read_text().split()
+            except OSError:
+                continue  # a thread that ended just now
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+        return run, wait
 
     def stop(self) -> None:
         self.proc.kill()
@@ -115,7 +137,7 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
     ids = sampler.native_ids()
     c0 = _thread_cpu(sampler)
     t0 = time.monotonic()
-    work = target.work_rate(window)
+    seen = target.measure(window)
     elapsed = time.monotonic() - t0
     c1 = _thread_cpu(sampler)
     total, failed = sampler.samples_total - start_total, sampler.samples_failed - start_failed
@@ -126,7 +148,7 @@ def with_perfd(target: BenchTarget, rate: float, window: float, sampler: Sampler
     sampler.stop()
     assert walker in ("auto", used), (walker, used)
     assert len(ids) == (2 if sampler.paced_in_c and used == "native" else 1), ids
-    return {"work": work, "walker": used, "achieved": status.achieved_hz, "cpu": 100 * (c1 - c0) / elapsed,
+    return {**seen, "walker": used, "achieved": status.achieved_hz, "cpu": 100 * (c1 - c0) / elapsed,
             "us_per_sample": 1e6 * (c1 - c0) / max(total, 1), "failed": failed / max(total, 1),
             "kb_per_sample": read / 1024 / max(total, 1)}
 
@@ -149,11 +171,11 @@ def _paced(target: BenchTarget, rate: float, window: float, each: Callable[[], o
     thread.start()
     time.sleep(0.3)
     c0, t0 = _thread_cpu(thread), time.monotonic()
-    work = target.work_rate(window)
+    seen = target.measure(window)
     cpu, elapsed = _thread_cpu(thread) - c0, time.monotonic() - t0
     stop.set()
     thread.join()
-    return {"work": work, "us_per_wake": 1e6 * cpu / (elapsed * rate)}
+    return {**seen, "us_per_wake": 1e6 * cpu / (elapsed * rate)}
 
 
 def with_cpu_only(target: BenchTarget, rate: float, window: float, burn_us: float) -> dict:
@@ -203,14 +225,13 @@ def with_reads_only(target: BenchTarget, rate: float, window: float) -> dict:
 
 
 def _thread_cpu(thread: Sampler | threading.Thread) -> float:
-    """CPU seconds (user+sys) of a sampler's threads (its own and its C loop's) or a
-    control's thread, from /proc (works from any thread)."""
+    """CPU seconds of a sampler's threads (its own and its C loop's) or a control's
+    thread, from /proc (works from any thread; schedstat counts ns, not ticks)."""
     total = 0
     for tid in thread.native_ids() if isinstance(thread, Sampler) else [thread.native_id]:
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
 
 
 def with_pyspy(target: BenchTarget, rate: float, window: float) -> dict | None:
@@ -225,12 +246,12 @@ def with_pyspy(target: BenchTarget, rate: float, window: float) -> dict | None:
         time.sleep(0.5)
         c0 = sum(ps.cpu_times()[:2])
         t0 = time.monotonic()
-        work = target.work_rate(window)
+        seen = target.measure(window)
         elapsed = time.monotonic() - t0
         c1 = sum(ps.cpu_times()[:2])
         proc.terminate()
         proc.wait(timeout=10)
-    return {"work": work, "cpu": 100 * (c1 - c0) / elapsed}
+    return {**seen, "cpu": 100 * (c1 - c0) / elapsed}
 
 
 def max_rate(target: BenchTarget, seconds: float = 2.0, walker: str = "auto") -> tuple[float, float]:
@@ -274,13 +295,18 @@ def read_plans(target: BenchTarget, rounds: int = 4000) -> list[tuple[str, int, 
     return out
 
 
-def paired(target: BenchTarget, window: float, base: list[float], row: dict | None, into: list) -> None:
-    """Follow a measured window with a baseline one; the row keeps the baselines on
-    either side (``base[-1]`` is the one before it) for ``slowdown``."""
+def paired(target: BenchTarget, window: float, base: list[dict], row: dict | None, into: list) -> None:
+    """Follow a measured window with a baseline one (``close``)."""
     if row:
-        row["base"] = (base[-1], target.work_rate(window))
-        base.append(row["base"][1])
-        into.append(row)
+        close(row, base, target.measure(window), into)
+
+
+def close(row: dict, base: list[dict], after: dict, into: list) -> None:
+    """The row keeps, for each measured key, the baselines on either side of its
+    window (``base[-1]`` before it, ``after`` after it) for ``slowdown`` and ``added``."""
+    row["bases"] = {k: (base[-1][k], v) for k, v in after.items() if k in base[-1]}
+    base.append(after)
+    into.append(row)
 
 
 # two-sided 95% Student's t quantiles by degrees of freedom (beyond 30: the normal's)
@@ -288,45 +314,69 @@ _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31,
         12: 2.18, 15: 2.13, 20: 2.09, 25: 2.06, 30: 2.04}
 
 
-def _paired_pct(rows: list[dict]) -> list[float]:
-    """Each window's slowdown against the mean of the baselines around it, %."""
-    return [100 * (1 - r["work"] / statistics.mean(r["base"])) for r in rows if statistics.mean(r["base"])]
+def _paired(rows: list[dict], key: str, relative: bool = True) -> list[float]:
+    """Each window against the mean of the baselines around it: % less, or (not
+    ``relative``) how much more."""
+    out = []
+    for r in rows:
+        b = statistics.mean(r["bases"][key])
+        if not relative:
+            out.append(r[key] - b)
+        elif b:
+            out.append(100 * (1 - r[key] / b))
+    return out
 
 
-def noise(rows: list[dict]) -> str:
+def noise(rows: list[dict], key: str = "work", digits: int = 1) -> str:
     """The standard deviation of the A/A control's paired slowdowns: one window's noise."""
-    paired = _paired_pct(rows)
-    return f"{statistics.stdev(paired):.1f}" if len(paired) > 1 else "n/a"
+    paired = _paired(rows, key)
+    return f"{statistics.stdev(paired):.{digits}f}" if len(paired) > 1 else "n/a"
 
 
-def slowdown(rows: list[dict]) -> str:
-    """Mean paired slowdown (1 - work / mean of the neighbouring baselines) and its 95% CI."""
-    paired = _paired_pct(rows)
-    if not paired:
+def _mean_ci(values: list[float], digits: int) -> str:
+    """Mean and its 95% confidence interval (Student's t)."""
+    if not values:
         return "n/a"
-    mean = statistics.mean(paired)
-    if len(paired) < 2:
-        return f"{mean:+.1f}"
-    df = len(paired) - 1
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:+.{digits}f}"
+    df = len(values) - 1
     t = _T95[max(k for k in _T95 if k <= df)] if df <= 30 else 1.96
-    half = t * statistics.stdev(paired) / len(paired) ** 0.5
-    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+    half = t * statistics.stdev(values) / len(values) ** 0.5
+    return f"{mean:+.{digits}f} [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]"
+
+
+def slowdown(rows: list[dict], key: str = "work", digits: int = 1) -> str:
+    """Mean paired slowdown, % (1 - value / mean of the neighbouring baselines), and its 95% CI."""
+    return _mean_ci(_paired(rows, key), digits)
+
+
+def added(rows: list[dict], key: str, digits: int = 1) -> str:
+    """Mean paired increase (value - mean of the neighbouring baselines) and its 95% CI."""
+    return _mean_ci(_paired(rows, key, relative=False), digits)
+
+
+def spread(base: list[dict]) -> float:
+    """How far apart the fastest and slowest baseline windows were, % of their mean."""
+    work = [b["work"] for b in base]
+    mean = statistics.mean(work)
+    return 100 * (max(work) - min(work)) / mean if mean else 0.0
 
 
 def sweep(target: BenchTarget, window: float, repeats: int, spec: str) -> int:
     """The CPU-only control alone at one rate, for several amounts of work per wakeup."""
     rate_s, _, burns_s = spec.partition(":")
     rate, burns = float(rate_s), [float(b) for b in burns_s.split(",")]
-    base, rows = [target.work_rate(window)], {b: [] for b in burns}
+    base, rows = [target.measure(window)], {b: [] for b in burns}
     for _ in range(repeats):
         for b in burns:
             paired(target, window, base, with_cpu_only(target, rate, window, b), rows[b])
-    print(f"{'rate':>6} | {'work µs/wake':>12} | {'CPU µs/wake':>11} | {'slowdown % (95% CI)':>21}")
+    print(f"{'rate':>6} | {'work µs/wake':>12} | {'CPU µs/wake':>11} | {'slowdown % (95% CI)':>21} | {'target CPU lost %':>23}")
     for b in burns:
         cpu = statistics.mean(r["us_per_wake"] for r in rows[b])
-        print(f"{rate:>6.0f} | {b:>12.0f} | {cpu:>11.0f} | {slowdown(rows[b]):>21}")
-    spread = 100 * (max(base) - min(base)) / statistics.mean(base)
-    print(f"baseline spread {spread:.1f}%")
+        print(f"{rate:>6.0f} | {b:>12.0f} | {cpu:>11.0f} | {slowdown(rows[b]):>21} | "
+              f"{slowdown(rows[b], 'target_cpu', 2):>23}")
+    print(f"baseline spread {spread(base):.1f}%")
     return 0
 
 
@@ -361,11 +411,12 @@ def main() -> int:
                   f"{'A/A (nothing attached)':>22} {'noise SD %':>10} | {'baseline spread %':>17}")
         print(header)
         print("-" * len(header))
+        cpu_lines = []
         for rate in rates:
-            base, perfd, everyone, pywalk, control, timer, reads, spy, idle = ([target.work_rate(args.window)], [], [],
-                                                                             [], [], [], [], [], [])
+            base = [target.measure(args.window)]
+            perfd, everyone, pywalk, control, timer, reads, spy, idle = ([] for _ in range(8))
             for _ in range(args.repeats):
-                paired(target, args.window, base, {"work": target.work_rate(args.window)}, idle)
+                paired(target, args.window, base, target.measure(args.window), idle)
                 paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
                 paired(target, args.window, base, with_perfd(target, rate, args.window, gil_gated=False), everyone)
                 paired(target, args.window, base, with_perfd(target, rate, args.window, walker="python"), pywalk)
@@ -375,8 +426,6 @@ def main() -> int:
                 burn = max(0.0, perfd[-1]["us_per_sample"] - timer[-1]["us_per_wake"])
                 paired(target, args.window, base, with_cpu_only(target, rate, args.window, burn), control)
                 paired(target, args.window, base, with_pyspy(target, rate, args.window), spy)
-            b = statistics.mean(base)
-            spread = 100 * (max(base) - min(base)) / b if b else 0.0
             pm = {k: statistics.mean(r[k] for r in perfd)
                   for k in ("achieved", "us_per_sample", "kb_per_sample", "cpu", "failed")}
             spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
@@ -387,7 +436,20 @@ def main() -> int:
                   f"{statistics.mean(r['us_per_sample'] for r in pywalk):>7.0f} {slowdown(pywalk):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | "
                   f"{statistics.mean(r['us_per_wake'] for r in reads):>7.0f} {slowdown(reads):>21} | {slowdown(control):>21} | "
-                  f"{spy_cpu:>12} {slowdown(spy):>21} | {slowdown(idle):>22} {noise(idle):>10} | {spread:>17.1f}")
+                  f"{spy_cpu:>12} {slowdown(spy):>21} | {slowdown(idle):>22} {noise(idle):>10} | {spread(base):>17.1f}",
+                  flush=True)
+            cpu_lines.append(f"{rate:>6.0f} | " + " | ".join(
+                f"{slowdown(rows, 'target_cpu', 2):>21}" for rows in (perfd, everyone, pywalk, timer, reads, control, spy, idle))
+                + f" {noise(idle, 'target_cpu', 2):>6} | {added(perfd, 'run_wait'):>21} {added(idle, 'run_wait'):>21} | "
+                f"{statistics.mean(b['target_cpu'] for b in base):>8.3f}")
+        # the CPU the target's threads got, against the baselines around each window (same windows)
+        print("\ntarget CPU lost, % (95% CI); run-queue wait added, ms per s")
+        header = (f"{'rate':>6} | " + " | ".join(f"{name:>21}" for name in (
+            "perfd", "every thread read", "perfd, Python walker", "timer only", "reads only", "CPU-only control",
+            "py-spy", "A/A (nothing attached)")) + f" {'SD %':>6} | {'wait added: perfd':>21} {'A/A':>21} | {'cores':>8}")
+        print(header)
+        print("-" * len(header))
+        print("\n".join(cpu_lines))
         print(f"\nperfd's walker (P): {perfd[-1]['walker']}")
         if reads:
             print(f"reads only: a sample's {reads[-1]['parts']} parts, {reads[-1]['bytes']:,} bytes")
