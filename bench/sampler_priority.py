@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Does the sampler thread's priority change the target's slowdown?
+"""Does the sampling threads' scheduling change what the target loses?
 
 Same target and paired windows as bench/sampler.py (B P B P …, each P
-against the two B around it), perfd's Sampler at --rate with its thread at
-nice -5 (the default), 0, +10, SCHED_BATCH (never preempts on waking) and
-SCHED_IDLE (runs only when a core is otherwise idle). Prints achieved rate, CPU and the slowdown with its 95% CI.
+against the two B around it), perfd's Sampler at --rate with both its
+threads (the C loop's and the Python one handing samples on) under
+SCHED_OTHER at nice -5, 0, +10, SCHED_BATCH (a waking thread does not
+preempt the one running) at 0 and -5 (the default), and SCHED_IDLE (runs
+only when a CPU is otherwise idle). Prints achieved rate, perfd's CPU, the
+target's work-rate slowdown, the CPU the target's threads lost and the time
+they spent waiting for a CPU, each with its 95% CI.
 
 Usage: python bench/sampler_priority.py [--python 3.12] [--rate 1000] [--repeats 6] [--window 2] [--modes ...]
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sampler import BenchTarget, paired, pyenv_python, slowdown, with_perfd  # noqa: E402
+from sampler import BenchTarget, added, paired, pyenv_python, slowdown, with_perfd  # noqa: E402
 
 from perfd.cpython.discovery import locate_interpreter  # noqa: E402
 from perfd.sampling import Sampler  # noqa: E402
@@ -29,20 +33,9 @@ MODES = (("SCHED_OTHER", -5), ("SCHED_OTHER", 0), ("SCHED_OTHER", 10), ("SCHED_B
          ("SCHED_BATCH", -5), ("SCHED_IDLE", None))
 
 
-class PolicySampler(Sampler):
-    def __init__(self, *args, policy: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.policy = policy
-        self.paced_in_c = False  # the policy is this Python thread's: it must be the one sampling
-
-    def _raise_priority(self) -> None:
-        os.sched_setscheduler(0, self.policy, os.sched_param(0))
-        super()._raise_priority()
-
-
 def sampler_for(pid: int, rate: float, mode: tuple[str, int | None]) -> Sampler:
     policy, nice = mode
-    return PolicySampler(locate_interpreter(pid), rate, nice=nice, policy=getattr(os, policy))
+    return Sampler(locate_interpreter(pid), rate, nice=nice, policy=getattr(os, policy))
 
 
 def label(mode: tuple[str, int | None]) -> str:
@@ -70,17 +63,19 @@ def main() -> int:
     target = BenchTarget(pyenv_python(args.python))
     try:
         rows: dict[object, list[dict]] = {m: [] for m in args.modes}
-        base = [target.work_rate(args.window)]
+        base = [target.measure(args.window)]
         for _ in range(args.repeats):
             for mode in args.modes:
                 sampler = sampler_for(target.proc.pid, args.rate, mode)
                 paired(target, args.window, base, with_perfd(target, args.rate, args.window, sampler), rows[mode])
         print(f"CPython {args.python}, sampler at {args.rate:g} Hz, {args.repeats} pairs of {args.window:g} s per mode")
-        print(f"{'thread priority':>16} | {'achieved Hz':>11} {'CPU %':>6} | {'slowdown % (95% CI)':>21}")
+        print(f"{'thread priority':>16} | {'achieved Hz':>11} {'CPU %':>6} | {'slowdown % (95% CI)':>21} | "
+              f"{'target CPU lost %':>23} | {'run-queue wait added, ms/s':>26}")
         for mode in args.modes:
             r = rows[mode]
             print(f"{label(mode):>16} | {statistics.mean(x['achieved'] for x in r):>11.1f} "
-                  f"{statistics.mean(x['cpu'] for x in r):>6.1f} | {slowdown(r):>21}")
+                  f"{statistics.mean(x['cpu'] for x in r):>6.1f} | {slowdown(r):>21} | "
+                  f"{slowdown(r, 'target_cpu', 2):>23} | {added(r, 'run_wait'):>26}")
     finally:
         target.stop()
     return 0

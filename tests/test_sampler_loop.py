@@ -218,3 +218,64 @@ def test_a_subinterpreter_with_a_gil_of_its_own_has_every_thread_read(spawn, ver
         reader.close()
     assert {"left", "right"} <= seen, seen
     assert reader.unread_threads == 0
+
+
+def _scheduled_in(tid: int) -> int:
+    """How many times the kernel has put this thread of ours on a CPU (schedstat)."""
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        return int(f.read().split()[2])
+
+
+def test_python_wakes_once_per_batch_it_was_asked_for(spawn) -> None:
+    """The samples are handed to Python in batches of ``deliver_within_s``, and
+    Python wakes about once a batch: at 250 Hz, 10 times a second for 0.1 s
+    batches and 50 for 20 ms ones (it used to wait 20 ms whatever it was asked
+    for: 50 times a second for 0.1 s too); every sample still arrives, in
+    order, and stop() is prompt at 1 Hz. (Being put on a CPU counts a few
+    preemptions too: hence the 25% margin.)"""
+    target = spawn("reader_stacks.py", version="3.12")
+    for within, most in ((0.1, 12.5), (0.02, 62.5)):
+        times: list[int] = []
+        sampler = Sampler(locate_interpreter(target.pid), 250.0, lambda s: times.append(s.monotonic_ns),
+                          deliver_within_s=within)
+        sampler.start()
+        try:
+            wait_for(lambda: len(sampler.native_ids()) == 2, timeout=5)
+            tid = sampler.native_ids()[0]
+            time.sleep(0.5)
+            n0, t0, taken0 = _scheduled_in(tid), time.monotonic(), len(times)
+            time.sleep(4.0)
+            wakes = (_scheduled_in(tid) - n0) / (time.monotonic() - t0)
+            taken = len(times) - taken0
+        finally:
+            sampler.stop()
+        assert wakes <= most, (within, wakes)
+        assert taken >= 0.9 * 250 * 4.0, (within, taken)
+        assert times == sorted(times)
+        assert sampler.samples_failed == 0
+    slow = Sampler(locate_interpreter(target.pid), 1.0)
+    slow.start()
+    wait_for(lambda: slow.samples_total >= 2, timeout=10)
+    t0 = time.monotonic()
+    slow.stop()
+    assert time.monotonic() - t0 < 0.5 and not slow.running
+
+
+def test_the_sampling_threads_are_batch_class(spawn) -> None:
+    """Both sampling threads run as SCHED_BATCH (waking, they do not preempt a
+    thread of the target: bench/sampler_priority.py), the C loop's at the
+    sampling nice; asked for no policy, the threads keep the default one."""
+    target = spawn("reader_stacks.py", version="3.12")
+    for policy, want in ((os.SCHED_BATCH, os.SCHED_BATCH), (None, os.SCHED_OTHER)):
+        sampler = Sampler(locate_interpreter(target.pid), 500.0, policy=policy)
+        sampler.start()
+        try:
+            wait_for(lambda: len(sampler.native_ids()) == 2, timeout=5)
+            python_thread, loop_thread = sampler.native_ids()
+            assert os.sched_getscheduler(python_thread) == os.sched_getscheduler(loop_thread) == want
+            assert os.getpriority(os.PRIO_PROCESS, loop_thread) == sampler.nice == -5
+            # it only hands samples on (it took the sampling nice for the first sample)
+            wait_for(lambda: os.getpriority(os.PRIO_PROCESS, python_thread) == 0, timeout=5)
+        finally:
+            sampler.stop()
+    assert Sampler(locate_interpreter(target.pid)).policy == os.SCHED_BATCH

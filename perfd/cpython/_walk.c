@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PW_ABI 5
+#define PW_ABI 6
 
 #define MAX_DEPTH 4096
 #define MAX_THREADS 1024
@@ -1023,7 +1024,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t wake_py, wake_c;
     int64_t period_ns;
-    int attempts, nice, set_nice;
+    int attempts, nice, set_nice, policy;
     uint64_t batch;
     pw_slot *slots;
     uint64_t n_slots, head, tail; /* head: next slot to fill; tail: next for Python */
@@ -1066,7 +1067,11 @@ static void *loop_main(void *arg) {
     pw_loop *l = arg;
     pid_t tid = (pid_t)syscall(SYS_gettid);
     pthread_setname_np(pthread_self(), "perfd-sampler"); /* the name ps, top and perfd's benches show */
-    if (l->set_nice) setpriority(PRIO_PROCESS, (id_t)tid, l->nice); /* not permitted: keep the default */
+    if (l->policy >= 0) { /* either may be refused (no CAP_SYS_NICE): the thread keeps its default */
+        struct sched_param sp = {0};
+        sched_setscheduler(0, l->policy, &sp);
+    }
+    if (l->set_nice) setpriority(PRIO_PROCESS, (id_t)tid, l->nice);
     __atomic_store_n(&l->pub.tid, tid, __ATOMIC_RELEASE);
     int64_t next = clock_ns(CLOCK_MONOTONIC);
     for (;;) {
@@ -1130,7 +1135,7 @@ static void *loop_main(void *arg) {
 /* Start sampling w every period_ns on a new thread. The walker belongs to the loop
    until pw_loop_stop, except while it is parked. */
 pw_loop *pw_loop_start(pw_t *w, int64_t period_ns, uint64_t n_slots, uint64_t batch, int attempts,
-                       int set_nice, int nice) {
+                       int set_nice, int nice, int policy) {
     if (!w || period_ns <= 0 || n_slots < 2 || n_slots > 1 << 16 || attempts < 1 || attempts > 100) return NULL;
     pw_loop *l = calloc(1, sizeof *l);
     if (!l) return NULL;
@@ -1153,6 +1158,7 @@ pw_loop *pw_loop_start(pw_t *w, int64_t period_ns, uint64_t n_slots, uint64_t ba
     l->attempts = attempts;
     l->set_nice = set_nice;
     l->nice = nice;
+    l->policy = policy; /* SCHED_OTHER, SCHED_BATCH, SCHED_IDLE; < 0: leave it */
     if (pthread_create(&l->th, NULL, loop_main, l)) {
         free(l->slots);
         free(l);

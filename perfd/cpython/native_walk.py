@@ -22,7 +22,7 @@ from pathlib import Path
 from perfd.cpython.layouts import Layout
 from perfd.errors import PerfdError
 
-ABI = 5  # must equal PW_ABI in _walk.c
+ABI = 6  # must equal PW_ABI in _walk.c
 SOURCE = Path(__file__).with_name("_walk.c")
 LIBRARY = Path(__file__).with_name("_walk.so")
 
@@ -126,7 +126,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.pw_decode.argtypes = [vp, i32]
     lib.pw_sample.argtypes = [vp, i32]
     i64 = ctypes.c_int64
-    lib.pw_loop_start.argtypes, lib.pw_loop_start.restype = [vp, i64, u64, u64, i32, i32, i32], vp
+    lib.pw_loop_start.argtypes, lib.pw_loop_start.restype = [vp, i64, u64, u64, i32, i32, i32, i32], vp
     lib.pw_loop_pub_of.argtypes, lib.pw_loop_pub_of.restype = [vp], ctypes.POINTER(_LoopPub)
     lib.pw_loop_wait.argtypes, lib.pw_loop_wait.restype = [vp, i64, ctypes.POINTER(u64)], i64
     lib.pw_loop_slot.argtypes, lib.pw_loop_slot.restype = [vp, u64], ctypes.POINTER(_Slot)
@@ -193,10 +193,11 @@ class NativeWalk:
             self._lib.pw_free(self._h)
             self._h = None
 
-    def start_loop(self, period_ns: int, slots: int, batch: int, attempts: int, nice: int | None) -> "NativeLoop":
+    def start_loop(self, period_ns: int, slots: int, batch: int, attempts: int, nice: int | None,
+                   policy: int | None = None) -> "NativeLoop":
         """Sample on a C thread from now on (see ``NativeLoop``); one loop at a time."""
         self.stop_loop()
-        self.loop = NativeLoop(self, period_ns, slots, batch, attempts, nice)
+        self.loop = NativeLoop(self, period_ns, slots, batch, attempts, nice, policy)
         return self.loop
 
     def stop_loop(self) -> None:
@@ -317,11 +318,12 @@ class NativeLoop:
     until ``release``."""
 
     def __init__(self, walk: NativeWalk, period_ns: int, slots: int, batch: int, attempts: int,
-                 nice: int | None) -> None:
+                 nice: int | None, policy: int | None = None) -> None:
+        """``nice`` and ``policy`` (``os.SCHED_*``) are the loop thread's; None leaves them."""
         self._lib = walk._lib  # noqa: SLF001 - the same library
         self._walk = walk  # the walker outlives its loop
         self._h = self._lib.pw_loop_start(walk._h, period_ns, slots, batch, attempts,  # noqa: SLF001
-                                          int(nice is not None), nice or 0)
+                                          int(nice is not None), nice or 0, -1 if policy is None else policy)
         if not self._h:
             raise MemoryError("native sampling loop")
         self._pub = self._lib.pw_loop_pub_of(self._h).contents

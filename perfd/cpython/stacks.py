@@ -238,7 +238,7 @@ class StackReader:
         raise AssertionError("unreachable")
 
     # -- the paced loop (native walker only) ------------------------------------
-    def start_loop(self, rate_hz: float, batch_s: float, nice: int | None) -> bool:
+    def start_loop(self, rate_hz: float, batch_s: float, nice: int | None, policy: int | None = None) -> bool:
         """Sample at ``rate_hz`` on a C thread from now on (``loop_samples`` takes the
         samples); False when this reader walks in Python. ``sample()`` must not be
         called while the loop runs."""
@@ -247,7 +247,7 @@ class StackReader:
         period_ns = max(1, int(1e9 / rate_hz))
         slots = min(8192, max(16, int(rate_hz * LOOP_RING_S)))
         batch = max(1, int(rate_hz * batch_s))
-        self._native.start_loop(period_ns, slots, batch, ATTEMPTS, nice)
+        self._native.start_loop(period_ns, slots, batch, ATTEMPTS, nice, policy)
         self._loop_gen = 0
         return True
 

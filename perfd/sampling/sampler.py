@@ -42,6 +42,15 @@ NAMES_EVERY_S = 2.0
 # samples a wakeup at 1 kHz (5 at the default 250 Hz). A consumer that must
 # see each sample as it is taken asks for 0 (``deliver_within_s``).
 LOOP_BATCH_S = 0.02
+# How the sampling threads are scheduled. SCHED_BATCH: a thread that wakes does not
+# preempt the one running; it waits for a free CPU or the tick. Measured on a
+# GIL-passing target, the target's threads lose less CPU to a batch-class sampler
+# than to one that preempts them on waking (bench/sampler_priority.py), and it
+# sees as much of a busy target (bench/sampler_bias.py). Not SCHED_IDLE, which
+# costs least: with no idle CPU it all but stops, and what it still sees is
+# biased to the target's quiet moments.
+SAMPLING_POLICY: int | None = os.SCHED_BATCH
+STOP_WITHIN_S = 0.25  # the longest the sampling thread waits on the C loop between looks at stop()
 
 
 @dataclass
@@ -67,7 +76,8 @@ class Sampler:
 
     def __init__(self, interpreter: Interpreter, rate_hz: float = 250.0,
                  on_sample: Callable[[Sample], None] | None = None, *, with_tasks_every_s: float | None = None,
-                 nice: int | None = -5, walker: str = "auto", deliver_within_s: float = LOOP_BATCH_S) -> None:
+                 nice: int | None = -5, policy: int | None = SAMPLING_POLICY, walker: str = "auto",
+                 deliver_within_s: float = LOOP_BATCH_S) -> None:
         if not 0 < rate_hz <= 10_000:
             raise ValueError(f"rate_hz must be in (0, 10000], got {rate_hz}")
         self.interpreter = interpreter
@@ -75,6 +85,7 @@ class Sampler:
         self.on_sample = on_sample
         self.with_tasks_every_s = with_tasks_every_s
         self.nice = nice
+        self.policy = policy  # os.SCHED_* of the sampling threads; None: leave it
         self.walker = walker  # StackReader's: "auto", "native" or "python"
         # how long a sample taken on the C loop may wait to be handed on (0: at once)
         self.deliver_within_s = deliver_within_s
@@ -132,8 +143,8 @@ class Sampler:
         with self._lock:
             self._trim(now)
             n = len(self._times)
-            # to the last sample while they arrive (batches come up to LOOP_BATCH_S late), to now if they stop
-            end = max(self._times[-1], now - int(2 * LOOP_BATCH_S * 1e9)) if n else now
+            # to the last sample while they arrive (batches come up to a wait late), to now if they stop
+            end = max(self._times[-1], now - int(2 * self._batch_wait_s() * 1e9)) if n else now
             span = (end - self._times[0]) / 1e9 if n > 1 else 0.0
             achieved = (n - 1) / span if span > 0 else 0.0
             cpu = 0.0
@@ -151,6 +162,11 @@ class Sampler:
 
     # -- loop ---------------------------------------------------------------
     def _run(self) -> None:
+        if self.policy is not None:
+            try:
+                os.sched_setscheduler(0, self.policy, os.sched_param(0))  # this thread; nice is kept
+            except OSError:
+                pass  # not permitted: keep the default policy
         self._raise_priority()
         ctx = _LoopState()
         while not self._stop.is_set():
@@ -166,7 +182,7 @@ class Sampler:
         if reader is None or not self.paced_in_c or self._watched:
             return False
         try:
-            return reader.start_loop(self.rate_hz, self.deliver_within_s, self.nice)
+            return reader.start_loop(self.rate_hz, self.deliver_within_s, self.nice, self.policy)
         except MemoryError as e:  # no thread or memory for it: sample from this thread instead
             self.paced_in_c = False
             log.warning("sampling from Python: cannot start the C sampling loop (%s)", e)
@@ -204,7 +220,7 @@ class Sampler:
         self._raise_priority(0)
         try:
             while not self._stop.is_set() and reader is self._reader and reader.loop is not None:
-                for item in reader.loop_samples(LOOP_BATCH_S):
+                for item in reader.loop_samples(self._batch_wait_s()):
                     if reader is not self._reader:
                         break  # closed on a failure (the target exited): the rest were taken before
                     if isinstance(item, Exception):
@@ -220,6 +236,14 @@ class Sampler:
             self._stop_loop(reader)
             self._raise_priority()
         ctx.next_ns = ctx.skipped_seen = 0
+
+    def _batch_wait_s(self) -> float:
+        """How long to wait for the C loop's next batch: a little longer than the batch
+        takes to fill, so the loop's signal, not the timeout, wakes this thread (a
+        timeout racing the last sample of a batch would wake it twice per batch); at
+        most ``STOP_WITHIN_S``, which keeps ``stop()`` prompt at low rates."""
+        period = 1.0 / self.rate_hz
+        return min(max(self.deliver_within_s, period) + 2 * period, STOP_WITHIN_S)
 
     def _stop_loop(self, reader: StackReader) -> None:
         loop = reader.loop
