@@ -72,6 +72,8 @@ class Sampler:
     ``on_sample`` runs on the sampler thread: keep it short (enqueue, aggregate).
     Samples come in order with the times they were taken, up to
     ``deliver_within_s`` after (the C loop's batches; 0: each as it is taken).
+    The sampling threads run under ``policy`` (``SAMPLING_POLICY``) and the one
+    that takes the samples at ``nice``; None leaves either as it is.
     """
 
     def __init__(self, interpreter: Interpreter, rate_hz: float = 250.0,
