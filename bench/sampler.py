@@ -23,7 +23,10 @@ t). A is an A/A control: a window with nothing attached, paired exactly like
 the others — its paired ratios' standard deviation is the noise of one
 window, what a user watching the target's throughput window by window sees
 with nothing attached. P close to C means the cost is CPU taken, not reads;
-T is what is left with no work at all.
+T is what is left with no work at all. Every window also reads the CPU the
+target's threads got and their run-queue wait (schedstat): a second table
+prints, per column, the CPU the target lost against the baselines around it
+— the same slowdown, free of the host's speed, fine enough to see 1%.
 Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
 one core), and what a sample's reads cost flat out as perfd plans them (each
 thread's datastack chunks whole) against reading only what decoding needs
@@ -88,9 +91,9 @@ class BenchTarget:
     def measure(self, seconds: float) -> dict:
         """The next ``seconds``: work units per second (``work``), the CPU its threads
         got in cores (``target_cpu``) and their time waiting for a CPU in ms per second
-        (``run_wait``). The work rate moves with the host's speed (±10-20% from one
-        second to the next on a shared host); the CPU the guest's scheduler gives the
-        target does not, so a sampler that takes CPU the target wanted shows there."""
+        (``run_wait``). The work rate moves with the host's speed (on a shared host, by
+        far more than 1% from one window to the next); the CPU the guest's scheduler
+        gives the target does not, so a sampler that takes CPU the target wanted shows there."""
         while not self.lines.empty():
             self.lines.get_nowait()
         t0, n0 = self.lines.get(timeout=5)

@@ -231,8 +231,8 @@ def test_python_wakes_once_per_batch_it_was_asked_for(spawn) -> None:
     Python wakes about once a batch: at 250 Hz, 10 times a second for 0.1 s
     batches and 50 for 20 ms ones (it used to wait 20 ms whatever it was asked
     for: 50 times a second for 0.1 s too); every sample still arrives, in
-    order, and stop() is prompt at 1 Hz. (Being put on a CPU counts a few
-    preemptions too: hence the 25% margin.)"""
+    order. (Being put on a CPU counts a few preemptions too: hence the 25%
+    margin. That stop() stays prompt at 1 Hz: test_sampler.py.)"""
     target = spawn("reader_stacks.py", version="3.12")
     for within, most in ((0.1, 12.5), (0.02, 62.5)):
         times: list[int] = []
@@ -253,12 +253,6 @@ def test_python_wakes_once_per_batch_it_was_asked_for(spawn) -> None:
         assert taken >= 0.9 * 250 * 4.0, (within, taken)
         assert times == sorted(times)
         assert sampler.samples_failed == 0
-    slow = Sampler(locate_interpreter(target.pid), 1.0)
-    slow.start()
-    wait_for(lambda: slow.samples_total >= 2, timeout=10)
-    t0 = time.monotonic()
-    slow.stop()
-    assert time.monotonic() - t0 < 0.5 and not slow.running
 
 
 def test_the_sampling_threads_are_batch_class(spawn) -> None:
