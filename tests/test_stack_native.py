@@ -402,6 +402,8 @@ class _GilWorld:
     """Three threads with planted frame chains and a GIL, in perfd's own memory,
     whose holder, hand-over count and frames a test sets by hand."""
 
+    SWITCHES_AT = 16  # the hand-over count's offset from the holder word
+
     def __init__(self, version: str) -> None:
         self.layout = L = generated_layout(version)
         self.buf = ctypes.create_string_buffer(1 << 16)
@@ -420,7 +422,7 @@ class _GilWorld:
             _plant_chain(self.put, L, t, [(f, self.code, 0, 0) for f in frames], self._alloc(16))
         self.nw = native_walk.NativeWalk.create(os.getpid(), L)
         assert self.nw is not None
-        self.nw.set_gil(self.gil, 16)
+        self.nw.set_gil(self.gil, self.SWITCHES_AT)
         self.nw.set_threads([self.interp], self.tstates)
 
     def _alloc(self, n: int) -> int:
@@ -439,7 +441,7 @@ class _GilWorld:
 
     def hand_over(self, holder: int, switches: int) -> None:
         self.put(self.gil, self.tstates[holder])
-        self.put(self.gil + 16, switches)
+        self.put(self.gil + self.SWITCHES_AT, switches)
 
     def sample(self) -> dict[int, int | None]:
         """Each thread's innermost instruction as sent this sample (None: as last sample)."""
