@@ -577,8 +577,8 @@ class StackReader:
         last, kept = self._native_stacks, {}
         out: list[ThreadStack] = []
         pos = at = 0
-        for i in range(0, len(info), 6):
-            tstate, tid, ntid, flags, n, new = info[i:i + 6]
+        words = iter(info)
+        for tstate, tid, ntid, flags, n, new in zip(words, words, words, words, words, words):
             prev = last.get(tstate)
             if flags & native_walk.SAME:  # nothing differs: the last sample's stack object again
                 if prev is None or prev.suspect:
