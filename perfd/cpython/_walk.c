@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PW_ABI 6
+#define PW_ABI 7
 
 #define MAX_DEPTH 4096
 #define MAX_THREADS 1024
@@ -1012,7 +1012,7 @@ typedef struct {
 
 typedef struct { /* read by Python without the lock: each field is one aligned word */
     int64_t tid;      /* the loop thread's kernel id */
-    int64_t cpu_ns;   /* its CPU time, after the last sample */
+    int64_t cpu_ns;   /* its CPU time, as of the last sample that woke Python (and when it ended) */
     int64_t skipped;  /* samples not taken: the ring was full (Python behind) */
     int64_t gen;      /* current generation */
 } pw_loop_pub;
@@ -1114,9 +1114,11 @@ static void *loop_main(void *arg) {
         s->n_threads = s->n_words = 0;
         if (rc == PW_OK && slot_store(s, l->w) < 0) rc = -ENOMEM;
         s->rc = rc;
-        __atomic_store_n(&l->pub.cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID), __ATOMIC_RELAXED);
         pthread_mutex_lock(&l->mu);
         l->head++;
+        /* the CPU reading is a system call: taken when Python is woken to read it, not every sample */
+        if (rc != PW_OK || l->head - l->tail >= l->batch)
+            __atomic_store_n(&l->pub.cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID), __ATOMIC_RELAXED);
         if (rc != PW_OK) {
             l->parked = 1; /* Python finishes this sample with the walker, then resumes us */
             pthread_cond_signal(&l->wake_py);
@@ -1129,6 +1131,7 @@ static void *loop_main(void *arg) {
         pthread_mutex_unlock(&l->mu);
         if (stop) break;
     }
+    __atomic_store_n(&l->pub.cpu_ns, clock_ns(CLOCK_THREAD_CPUTIME_ID), __ATOMIC_RELAXED); /* all of it */
     return NULL;
 }
 
@@ -1232,7 +1235,9 @@ int64_t pw_loop_reset(pw_loop *l) {
     return gen;
 }
 
-void pw_loop_stop(pw_loop *l) {
+/* Stop the loop and free it; *last (if not NULL) gets its final public fields (its
+   whole CPU time among them), which cannot be read from the loop once it is freed. */
+void pw_loop_stop(pw_loop *l, pw_loop_pub *last) {
     if (!l) return;
     pthread_mutex_lock(&l->mu);
     __atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE); /* sleep_until reads it without the lock */
@@ -1240,6 +1245,7 @@ void pw_loop_stop(pw_loop *l) {
     pthread_cond_broadcast(&l->wake_py);
     pthread_mutex_unlock(&l->mu);
     if (l->started) pthread_join(l->th, NULL);
+    if (last) *last = l->pub;
     for (uint64_t i = 0; i < l->n_slots; i++) free(l->slots[i].words);
     free(l->slots);
     pthread_mutex_destroy(&l->mu);

@@ -22,7 +22,7 @@ from pathlib import Path
 from perfd.cpython.layouts import Layout
 from perfd.errors import PerfdError
 
-ABI = 6  # must equal PW_ABI in _walk.c
+ABI = 7  # must equal PW_ABI in _walk.c
 SOURCE = Path(__file__).with_name("_walk.c")
 LIBRARY = Path(__file__).with_name("_walk.so")
 
@@ -133,7 +133,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.pw_loop_copy.argtypes, lib.pw_loop_copy.restype = [vp, u64, u64, ctypes.POINTER(u64), u64], i64
     lib.pw_loop_release.argtypes, lib.pw_loop_release.restype = [vp, u64], None
     lib.pw_loop_reset.argtypes, lib.pw_loop_reset.restype = [vp], i64
-    lib.pw_loop_stop.argtypes, lib.pw_loop_stop.restype = [vp], None
+    lib.pw_loop_stop.argtypes, lib.pw_loop_stop.restype = [vp, ctypes.POINTER(_LoopPub)], None
     return lib, None
 
 
@@ -337,7 +337,7 @@ class NativeLoop:
 
     @property
     def cpu_s(self) -> float:
-        """The loop thread's CPU time, as of its last sample."""
+        """The loop thread's CPU time, as of the last batch it handed on; once stopped, all of it."""
         return self._pub.cpu_ns / 1e9
 
     @property
@@ -380,8 +380,11 @@ class NativeLoop:
         return self._lib.pw_loop_reset(self._h)
 
     def stop(self) -> None:
+        """Stop sampling; ``tid``, ``cpu_s`` and ``skipped`` keep their final values."""
         if self._h:
-            self._lib.pw_loop_stop(self._h)
+            last = _LoopPub()  # the loop's own fields are freed with it
+            self._lib.pw_loop_stop(self._h, ctypes.byref(last))
+            self._pub = last
             self._h = None
 
     def __del__(self) -> None:
