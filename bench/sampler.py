@@ -27,6 +27,10 @@ T is what is left with no work at all. Every window also reads the CPU the
 target's threads got and their run-queue wait (schedstat): a second table
 prints, per column, the CPU the target lost against the baselines around it
 — the same slowdown, free of the host's speed, fine enough to see 1%.
+The same table prints perfd's loss less the bare timer's in the same repeat,
+with its CI: what perfd costs the target beyond waking at the rate, which
+no sampler that sleeps between samples can avoid. ``--columns`` measures
+only some windows (e.g. ``perfd,timer,aa``: more repeats in the same time).
 Also prints perfd's CPU per sample and its maximum sustained rate (flat out,
 one core), and what a sample's reads cost flat out as perfd plans them (each
 thread's datastack chunks whole) against reading only what decoding needs
@@ -37,6 +41,7 @@ burning each of those µs of work per wakeup (on top of the wakeup's own) —
 how cheap a sample must be for the target not to notice.
 
 Usage: python bench/sampler.py [--python 3.12] [--window 2] [--repeats 2] [--rates 100,250,1000]
+                               [--columns aa,perfd,every,pywalk,timer,reads,control,pyspy]
                                [--sweep RATE:US,US,...]
 """
 
@@ -383,17 +388,37 @@ def sweep(target: BenchTarget, window: float, repeats: int, spec: str) -> int:
     return 0
 
 
+COLUMNS = ("aa", "perfd", "every", "pywalk", "timer", "reads", "control", "pyspy")
+
+
+def _avg(rows: list[dict], key: str, width: int, digits: int = 0, scale: float = 1.0) -> str:
+    """The mean of ``key`` (times ``scale``) over a column's windows, or n/a for a column not measured."""
+    text = f"{scale * statistics.mean(r[key] for r in rows):.{digits}f}" if rows else "n/a"
+    return f"{text:>{width}}"
+
+
+def versus(rows: list[dict], other: list[dict], key: str = "target_cpu", digits: int = 2) -> str:
+    """How much more one column cost than another measured in the same repeats: each
+    repeat's paired slowdown of ``rows`` minus that of ``other``, mean and 95% CI."""
+    return _mean_ci([a - b for a, b in zip(_paired(rows, key), _paired(other, key))], digits)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--python", default="3.12")
     ap.add_argument("--window", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rates", default="100,250,1000")
+    ap.add_argument("--columns", default=",".join(COLUMNS),
+                    help=f"which windows to measure, of {','.join(COLUMNS)} (control needs perfd and timer)")
     ap.add_argument("--sweep", default=None, metavar="RATE:US,US,...",
                     help="only the CPU-only control at RATE, for each µs of work per wakeup")
     args = ap.parse_args()
     python = pyenv_python(args.python)
     rates = [float(r) for r in args.rates.split(",")]
+    columns = args.columns.split(",")
+    if set(columns) - set(COLUMNS) or ("control" in columns and not {"perfd", "timer"} <= set(columns)):
+        ap.error(f"--columns: some of {','.join(COLUMNS)}; control needs perfd and timer")
     target = BenchTarget(python)
     try:
         frames = sum(len(t.frames) for t in StackReader(locate_interpreter(target.proc.pid)).sample().threads)
@@ -417,43 +442,51 @@ def main() -> int:
         cpu_lines = []
         for rate in rates:
             base = [target.measure(args.window)]
-            perfd, everyone, pywalk, control, timer, reads, spy, idle = ([] for _ in range(8))
-            for _ in range(args.repeats):
-                paired(target, args.window, base, target.measure(args.window), idle)
-                paired(target, args.window, base, with_perfd(target, rate, args.window), perfd)
-                paired(target, args.window, base, with_perfd(target, rate, args.window, gil_gated=False), everyone)
-                paired(target, args.window, base, with_perfd(target, rate, args.window, walker="python"), pywalk)
-                paired(target, args.window, base, with_cpu_only(target, rate, args.window, 0.0), timer)
-                paired(target, args.window, base, with_reads_only(target, rate, args.window), reads)
+            rows: dict[str, list[dict]] = {c: [] for c in COLUMNS}
+            measure = {
+                "aa": lambda: target.measure(args.window),
+                "perfd": lambda: with_perfd(target, rate, args.window),
+                "every": lambda: with_perfd(target, rate, args.window, gil_gated=False),
+                "pywalk": lambda: with_perfd(target, rate, args.window, walker="python"),
+                "timer": lambda: with_cpu_only(target, rate, args.window, 0.0),
+                "reads": lambda: with_reads_only(target, rate, args.window),
                 # the control's own wakeups cost what the timer's did: it burns the rest of perfd's CPU
-                burn = max(0.0, perfd[-1]["us_per_sample"] - timer[-1]["us_per_wake"])
-                paired(target, args.window, base, with_cpu_only(target, rate, args.window, burn), control)
-                paired(target, args.window, base, with_pyspy(target, rate, args.window), spy)
-            pm = {k: statistics.mean(r[k] for r in perfd)
-                  for k in ("achieved", "us_per_sample", "kb_per_sample", "cpu", "failed")}
-            spy_cpu = f"{statistics.mean(r['cpu'] for r in spy):.1f}" if spy else "n/a"
-            print(f"{rate:>6.0f} | {pm['achieved']:>9.1f} {pm['us_per_sample']:>7.0f} {pm['kb_per_sample']:>6.1f} {pm['cpu']:>6.1f} "
-                  f"{100 * pm['failed']:>6.2f} {slowdown(perfd):>21} | "
-                  f"{statistics.mean(r['us_per_sample'] for r in everyone):>7.0f} "
-                  f"{statistics.mean(r['kb_per_sample'] for r in everyone):>6.1f} {slowdown(everyone):>21} | "
-                  f"{statistics.mean(r['us_per_sample'] for r in pywalk):>7.0f} {slowdown(pywalk):>21} | "
-                  f"{statistics.mean(r['us_per_wake'] for r in timer):>7.0f} {slowdown(timer):>21} | "
-                  f"{statistics.mean(r['us_per_wake'] for r in reads):>7.0f} {slowdown(reads):>21} | {slowdown(control):>21} | "
-                  f"{spy_cpu:>12} {slowdown(spy):>21} | {slowdown(idle):>22} {noise(idle):>10} | {spread(base):>17.1f}",
-                  flush=True)
+                "control": lambda: with_cpu_only(target, rate, args.window, max(
+                    0.0, rows["perfd"][-1]["us_per_sample"] - rows["timer"][-1]["us_per_wake"])),
+                "pyspy": lambda: with_pyspy(target, rate, args.window),
+            }
+            for _ in range(args.repeats):
+                for column in COLUMNS:  # this order, whichever are chosen
+                    if column in columns:
+                        paired(target, args.window, base, measure[column](), rows[column])
+            perfd, everyone, pywalk, timer, reads, spy, idle = (
+                rows[c] for c in ("perfd", "every", "pywalk", "timer", "reads", "pyspy", "aa"))
+            print(f"{rate:>6.0f} | {_avg(perfd, 'achieved', 9, 1)} {_avg(perfd, 'us_per_sample', 7)} "
+                  f"{_avg(perfd, 'kb_per_sample', 6, 1)} {_avg(perfd, 'cpu', 6, 1)} "
+                  f"{_avg(perfd, 'failed', 6, 2, scale=100)} {slowdown(perfd):>21} | "
+                  f"{_avg(everyone, 'us_per_sample', 7)} {_avg(everyone, 'kb_per_sample', 6, 1)} {slowdown(everyone):>21} | "
+                  f"{_avg(pywalk, 'us_per_sample', 7)} {slowdown(pywalk):>21} | "
+                  f"{_avg(timer, 'us_per_wake', 7)} {slowdown(timer):>21} | "
+                  f"{_avg(reads, 'us_per_wake', 7)} {slowdown(reads):>21} | {slowdown(rows['control']):>21} | "
+                  f"{_avg(spy, 'cpu', 12, 1)} {slowdown(spy):>21} | {slowdown(idle):>22} {noise(idle):>10} | "
+                  f"{spread(base):>17.1f}", flush=True)
             cpu_lines.append(f"{rate:>6.0f} | " + " | ".join(
-                f"{slowdown(rows, 'target_cpu', 2):>21}" for rows in (perfd, everyone, pywalk, timer, reads, control, spy, idle))
+                f"{slowdown(rows[c], 'target_cpu', 2):>21}" for c in ("perfd", "every", "pywalk", "timer", "reads",
+                                                                       "control", "pyspy", "aa"))
                 + f" {noise(idle, 'target_cpu', 2):>6} | {added(perfd, 'run_wait'):>21} {added(idle, 'run_wait'):>21} | "
-                f"{statistics.mean(b['target_cpu'] for b in base):>8.3f}")
+                f"{versus(perfd, timer):>21} | {statistics.mean(b['target_cpu'] for b in base):>8.3f}")
         # the CPU the target's threads got, against the baselines around each window (same windows)
-        print("\ntarget CPU lost, % (95% CI); run-queue wait added, ms per s")
+        print("\ntarget CPU lost, % (95% CI); run-queue wait added, ms per s; perfd - timer: perfd's loss"
+              " less the timer's in the same repeat (what perfd costs beyond waking at the rate)")
         header = (f"{'rate':>6} | " + " | ".join(f"{name:>21}" for name in (
             "perfd", "every thread read", "perfd, Python walker", "timer only", "reads only", "CPU-only control",
-            "py-spy", "A/A (nothing attached)")) + f" {'SD %':>6} | {'wait added: perfd':>21} {'A/A':>21} | {'cores':>8}")
+            "py-spy", "A/A (nothing attached)")) + f" {'SD %':>6} | {'wait added: perfd':>21} {'A/A':>21} | "
+            f"{'perfd - timer':>21} | {'cores':>8}")
         print(header)
         print("-" * len(header))
         print("\n".join(cpu_lines))
-        print(f"\nperfd's walker (P): {perfd[-1]['walker']}")
+        if perfd:
+            print(f"\nperfd's walker (P): {perfd[-1]['walker']}")
         if reads:
             print(f"reads only: a sample's {reads[-1]['parts']} parts, {reads[-1]['bytes']:,} bytes")
     finally:
