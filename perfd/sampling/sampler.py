@@ -40,9 +40,10 @@ RELOCATE_AFTER = 50  # consecutive failures before looking for the interpreter a
 NAMES_EVERY_S = 2.0
 # How long the C loop's samples may wait for Python by default: 0.1 s is 100
 # samples a wakeup at 1 kHz (25 at the default 250 Hz). Each wakeup finds
-# Python's caches cold (the target ran meanwhile), so the CPU per sample falls
-# with the batch: about half as much at 250 Hz as with 20 ms batches. A consumer
-# that must see each sample as it is taken asks for 0 (``deliver_within_s``).
+# Python's caches cold (the target ran meanwhile), so perfd's CPU per sample
+# falls with the batch: a quarter less at 250 Hz than with 20 ms batches
+# (bench/sampler_priority.py --batches). A consumer that must see each sample
+# as it is taken asks for 0 (``deliver_within_s``).
 LOOP_BATCH_S = 0.1
 # How the sampling threads are scheduled. SCHED_BATCH: a thread that wakes does not
 # preempt the one running; it waits for a free CPU or the tick. Measured on a
