@@ -388,7 +388,11 @@ def sweep(target: BenchTarget, window: float, repeats: int, spec: str) -> int:
     return 0
 
 
-COLUMNS = ("aa", "perfd", "every", "pywalk", "timer", "reads", "control", "pyspy")
+COLUMNS = ("aa", "perfd", "every", "pywalk", "timer", "reads", "control", "pyspy")  # measured in this order
+# the target-CPU table's columns, in order, and their headings
+CPU_COLUMNS = (("perfd", "perfd"), ("every", "every thread read"), ("pywalk", "perfd, Python walker"),
+               ("timer", "timer only"), ("reads", "reads only"), ("control", "CPU-only control"), ("pyspy", "py-spy"),
+               ("aa", "A/A (nothing attached)"))
 
 
 def _avg(rows: list[dict], key: str, width: int, digits: int = 0, scale: float = 1.0) -> str:
@@ -456,7 +460,7 @@ def main() -> int:
                 "pyspy": lambda: with_pyspy(target, rate, args.window),
             }
             for _ in range(args.repeats):
-                for column in COLUMNS:  # this order, whichever are chosen
+                for column in COLUMNS:  # whichever are chosen
                     if column in columns:
                         paired(target, args.window, base, measure[column](), rows[column])
             perfd, everyone, pywalk, timer, reads, spy, idle = (
@@ -471,17 +475,14 @@ def main() -> int:
                   f"{_avg(spy, 'cpu', 12, 1)} {slowdown(spy):>21} | {slowdown(idle):>22} {noise(idle):>10} | "
                   f"{spread(base):>17.1f}", flush=True)
             cpu_lines.append(f"{rate:>6.0f} | " + " | ".join(
-                f"{slowdown(rows[c], 'target_cpu', 2):>21}" for c in ("perfd", "every", "pywalk", "timer", "reads",
-                                                                       "control", "pyspy", "aa"))
+                f"{slowdown(rows[c], 'target_cpu', 2):>21}" for c, _ in CPU_COLUMNS)
                 + f" {noise(idle, 'target_cpu', 2):>6} | {added(perfd, 'run_wait'):>21} {added(idle, 'run_wait'):>21} | "
                 f"{versus(perfd, timer):>21} | {statistics.mean(b['target_cpu'] for b in base):>8.3f}")
         # the CPU the target's threads got, against the baselines around each window (same windows)
         print("\ntarget CPU lost, % (95% CI); run-queue wait added, ms per s; perfd - timer: perfd's loss"
               " less the timer's in the same repeat (what perfd costs beyond waking at the rate)")
-        header = (f"{'rate':>6} | " + " | ".join(f"{name:>21}" for name in (
-            "perfd", "every thread read", "perfd, Python walker", "timer only", "reads only", "CPU-only control",
-            "py-spy", "A/A (nothing attached)")) + f" {'SD %':>6} | {'wait added: perfd':>21} {'A/A':>21} | "
-            f"{'perfd - timer':>21} | {'cores':>8}")
+        header = (f"{'rate':>6} | " + " | ".join(f"{name:>21}" for _, name in CPU_COLUMNS)
+                  + f" {'SD %':>6} | {'wait added: perfd':>21} {'A/A':>21} | {'perfd - timer':>21} | {'cores':>8}")
         print(header)
         print("-" * len(header))
         print("\n".join(cpu_lines))
